@@ -7,7 +7,7 @@ export GOFLAGS := -buildvcs=false
 # Pinned tool versions.
 PROTOC_GEN_GO_VERSION    := v1.36.12
 PROTOC_GEN_TTRPC_VERSION := v1.2.10
-STATICCHECK_VERSION      := 2025.1.1
+STATICCHECK_VERSION      := v0.8.2
 CRICTL_VERSION           := v1.37.0
 OPA_VERSION              := v1.22.3
 
