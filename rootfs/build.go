@@ -1,0 +1,518 @@
+package rootfs
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"debug/buildinfo"
+	"debug/elf"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/cocoon-containers/cocoon/rootfs/cpio"
+	"github.com/cocoon-containers/cocoon/rootfs/kernel"
+	"github.com/cocoon-containers/cocoon/rootfs/kmod"
+	"github.com/cocoon-containers/cocoon/rootfs/verity"
+)
+
+// DefaultModules are the modules the guest agent needs with Debian's kernel,
+// where every virtio driver is a module.
+var DefaultModules = []string{
+	"virtio_pci", "virtio_mmio", "virtio_console", "virtio_blk",
+	"vsock", "vmw_vsock_virtio_transport", "virtiofs", "9p", "9pnet_virtio",
+	"dm_verity", "overlay", "erofs", "sev-guest",
+}
+
+// DefaultOptionalModules may be missing from a kernel without failing the build.
+var DefaultOptionalModules = []string{"sev-guest"}
+
+// RequiredKernelConfig lists options the guest cannot boot without.
+var RequiredKernelConfig = []string{
+	"CONFIG_BLK_DEV_INITRD", "CONFIG_DEVTMPFS", "CONFIG_VIRTIO", "CONFIG_VIRTIO_CONSOLE",
+	"CONFIG_DM_VERITY", "CONFIG_OVERLAY_FS", "CONFIG_CGROUPS",
+}
+
+// Config is the build configuration (TOML).
+type Config struct {
+	// Agent is the static cocoon-agent binary (becomes /init).
+	Agent string `toml:"agent"`
+	// Kernel is a Debian package name (fetched with apt-get download), a
+	// .deb, an Azure Linux .rpm, or an unpacked package tree.
+	Kernel      string `toml:"kernel"`
+	KernelCache string `toml:"kernel_cache"`
+	// Modules to carry; DefaultModules when empty. Dependencies come along.
+	Modules         []string `toml:"modules"`
+	OptionalModules []string `toml:"optional_modules"`
+	// DefaultPolicy is a Rego file; "allow-all" or "allow-only-setpolicy"
+	// name the embedded ones (allow-all when empty).
+	DefaultPolicy string `toml:"default_policy"`
+	// AgentConfig is copied to /etc/cocoon/agent.toml when set.
+	AgentConfig string `toml:"agent_config"`
+	// Cmdline is the base kernel command line the launcher passes.
+	Cmdline string        `toml:"cmdline"`
+	Verity  *VerityConfig `toml:"verity"`
+	// SkipAgentCheck allows a non-agent /init (tests, hello-world inits).
+	SkipAgentCheck bool `toml:"skip_agent_check"`
+
+	dir string // directory relative paths resolve against
+}
+
+// VerityConfig asks for a root filesystem image with a dm-verity tree.
+type VerityConfig struct {
+	Source string `toml:"source"` // directory to pack
+	FS     string `toml:"fs"`     // erofs (default) or ext4
+	Salt   string `toml:"salt"`   // hex; default: SHA-256 of the image
+	// UUID of the filesystem and the verity superblock (fixed default).
+	UUID string `toml:"uuid"`
+}
+
+// LoadConfig reads a TOML build configuration; relative paths in it resolve
+// against the file's directory.
+func LoadConfig(p string) (*Config, error) {
+	var c Config
+	md, err := toml.DecodeFile(p, &c)
+	if err != nil {
+		return nil, fmt.Errorf("read build config %s: %w", p, err)
+	}
+	if un := md.Undecoded(); len(un) > 0 {
+		return nil, fmt.Errorf("build config %s: unknown keys %v", p, un)
+	}
+	c.dir = filepath.Dir(p)
+	return &c, nil
+}
+
+func (c *Config) abs(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.dir == "" {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+// Digest is a file and its SHA-256.
+type Digest struct {
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+// Manifest describes one build.
+type Manifest struct {
+	KernelVersion   string            `json:"kernel_version"`
+	Inputs          map[string]Digest `json:"inputs"`
+	Outputs         map[string]Digest `json:"outputs"`
+	Modules         []string          `json:"modules"`
+	Cmdline         string            `json:"cmdline"`
+	VerityCmdline   string            `json:"verity_cmdline,omitempty"`
+	ReferenceValues ReferenceValues   `json:"reference_values"`
+}
+
+// ReferenceValues are what a KBS resource policy checks.
+type ReferenceValues struct {
+	SimulatedMeasurement  string `json:"simulated_measurement"`
+	DefaultPolicyHostData string `json:"default_policy_host_data"`
+	VerityRootHash        string `json:"verity_root_hash,omitempty"`
+}
+
+// Output names inside the output directory.
+const (
+	KernelFile       = "vmlinuz"
+	InitrdFile       = "cocoon-initrd.img"
+	VerityImageFile  = "rootfs.img"
+	VerityHashFile   = "rootfs.img.verity"
+	ManifestFile     = "manifest.json"
+	modulesLoadPath  = "etc/cocoon/modules.load"
+	policyPath       = "etc/cocoon/default-policy.rego"
+	agentConfigPath  = "etc/cocoon/agent.toml"
+	defaultCacheDir  = "/var/cache/cocoon/kernel"
+	defaultVerityUID = "c0c00000-0000-4000-8000-000000000001"
+)
+
+// Build makes the image set in outDir. Progress lines go to progress.
+func Build(ctx context.Context, c *Config, outDir string, progress io.Writer) (*Manifest, error) {
+	if progress == nil {
+		progress = io.Discard
+	}
+	if c.Agent == "" || c.Kernel == "" {
+		return nil, errors.New("build config needs agent and kernel")
+	}
+	agentPath := c.abs(c.Agent)
+	if !c.SkipAgentCheck {
+		if err := CheckAgent(agentPath); err != nil {
+			return nil, err
+		}
+	}
+	k, err := c.fetchKernel(ctx, progress)
+	if err != nil {
+		return nil, err
+	}
+	if k.Config != "" {
+		if err := kernel.CheckConfig(k.Config, RequiredKernelConfig); err != nil {
+			return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
+		}
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return nil, err
+	}
+	m := &Manifest{KernelVersion: k.Version, Inputs: map[string]Digest{}, Outputs: map[string]Digest{}, Cmdline: BaseCmdline(c.Cmdline)}
+
+	arc := cpio.New()
+	agent, err := os.ReadFile(agentPath)
+	if err != nil {
+		return nil, fmt.Errorf("read agent: %w", err)
+	}
+	m.Inputs["agent"] = digestOf(filepath.Base(agentPath), agent)
+	if err := arc.AddFile("/init", 0o755, agent); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{"/proc", "/sys", "/dev", "/run", "/tmp", "/etc/cocoon"} {
+		if err := arc.AddDir(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+
+	policy, policyName, err := c.policy()
+	if err != nil {
+		return nil, err
+	}
+	m.Inputs["default_policy"] = digestOf(policyName, policy)
+	if err := arc.AddFile(policyPath, 0o644, policy); err != nil {
+		return nil, err
+	}
+	if c.AgentConfig != "" {
+		b, err := os.ReadFile(c.abs(c.AgentConfig))
+		if err != nil {
+			return nil, fmt.Errorf("read agent config: %w", err)
+		}
+		var probe map[string]any
+		if err := toml.Unmarshal(b, &probe); err != nil {
+			return nil, fmt.Errorf("agent config %s: %w", c.AgentConfig, err)
+		}
+		m.Inputs["agent_config"] = digestOf(filepath.Base(c.AgentConfig), b)
+		if err := arc.AddFile(agentConfigPath, 0o644, b); err != nil {
+			return nil, err
+		}
+	}
+
+	fmt.Fprintf(progress, "resolving kernel modules for %s\n", k.Version)
+	mods, err := c.addModules(arc, k, m)
+	if err != nil {
+		return nil, err
+	}
+	m.Modules = mods
+
+	fmt.Fprintln(progress, "writing initrd")
+	var raw bytes.Buffer
+	if _, err := arc.WriteTo(&raw); err != nil {
+		return nil, err
+	}
+	var gz bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestCompression)
+	if _, err := zw.Write(raw.Bytes()); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(outDir, InitrdFile), gz.Bytes(), 0o644); err != nil {
+		return nil, err
+	}
+	m.Outputs["initrd"] = digestOf(InitrdFile, gz.Bytes())
+
+	kb, err := os.ReadFile(k.Vmlinuz)
+	if err != nil {
+		return nil, fmt.Errorf("read kernel image: %w", err)
+	}
+	if k.Package != "" {
+		m.Inputs["kernel_package"] = fileDigest(k.Package)
+	} else {
+		m.Inputs["kernel_image"] = digestOf(filepath.Base(k.Vmlinuz), kb)
+	}
+	if err := os.WriteFile(filepath.Join(outDir, KernelFile), kb, 0o644); err != nil {
+		return nil, err
+	}
+	m.Outputs["kernel"] = digestOf(KernelFile, kb)
+
+	if c.Verity != nil {
+		root, cmd, err := c.buildVerity(ctx, outDir, progress, m)
+		if err != nil {
+			return nil, err
+		}
+		m.ReferenceValues.VerityRootHash = root
+		m.VerityCmdline = cmd
+	}
+
+	kSum := sha256.Sum256(kb)
+	iSum := sha256.Sum256(gz.Bytes())
+	meas := SimulatedMeasurement(kSum, iSum, m.Cmdline+appendSpace(m.VerityCmdline))
+	m.ReferenceValues.SimulatedMeasurement = hex.EncodeToString(meas[:])
+	hd := PolicyHostData(policy)
+	m.ReferenceValues.DefaultPolicyHostData = hex.EncodeToString(hd[:])
+
+	mb, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(outDir, ManifestFile), append(mb, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(progress, "initrd %s: %d bytes, %d modules\n", InitrdFile, gz.Len(), len(mods))
+	return m, nil
+}
+
+func appendSpace(s string) string {
+	if s == "" {
+		return ""
+	}
+	return " " + s
+}
+
+func (c *Config) fetchKernel(ctx context.Context, progress io.Writer) (*kernel.Kernel, error) {
+	src := c.Kernel
+	cache := c.KernelCache
+	if cache == "" {
+		cache = defaultCacheDir
+	}
+	switch {
+	case strings.HasSuffix(src, ".deb"):
+		p := c.abs(src)
+		return kernel.UnpackDeb(ctx, p, filepath.Join(cache, strings.TrimSuffix(filepath.Base(p), ".deb")), progress)
+	case strings.HasSuffix(src, ".rpm"):
+		p := c.abs(src)
+		return kernel.UnpackRPM(ctx, p, filepath.Join(cache, strings.TrimSuffix(filepath.Base(p), ".rpm")), progress)
+	}
+	if st, err := os.Stat(c.abs(src)); err == nil && st.IsDir() {
+		return kernel.Find(c.abs(src))
+	}
+	return kernel.FetchDebian(ctx, cache, src, progress)
+}
+
+func (c *Config) policy() ([]byte, string, error) {
+	switch c.DefaultPolicy {
+	case "", "allow-all":
+		return AllowAllPolicy(), "allow-all.rego", nil
+	case "allow-only-setpolicy":
+		return AllowOnlySetPolicy(), "allow-only-setpolicy.rego", nil
+	}
+	b, err := os.ReadFile(c.abs(c.DefaultPolicy))
+	if err != nil {
+		return nil, "", fmt.Errorf("read default policy: %w", err)
+	}
+	return b, filepath.Base(c.DefaultPolicy), nil
+}
+
+// addModules copies the resolved modules into the archive under
+// /lib/modules/<version>/ and writes the load list.
+func (c *Config) addModules(arc *cpio.Archive, k *kernel.Kernel, m *Manifest) ([]string, error) {
+	idx, err := kmod.Load(k.ModulesDir)
+	if err != nil {
+		return nil, err
+	}
+	names := c.Modules
+	opt := c.OptionalModules
+	if len(names) == 0 {
+		names, opt = DefaultModules, append(opt, DefaultOptionalModules...)
+	}
+	optional := map[string]bool{}
+	for _, o := range opt {
+		optional[kmod.Name(o)] = true
+	}
+	files, err := idx.Resolve(names, optional)
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
+	}
+	var load strings.Builder
+	load.WriteString("# kernel modules in load order, written by cocoon-rootfs\n")
+	var mods []string
+	for _, rel := range files {
+		b, err := os.ReadFile(filepath.Join(k.ModulesDir, rel))
+		if err != nil {
+			return nil, fmt.Errorf("read module %s: %w", rel, err)
+		}
+		if !strings.HasSuffix(rel, ".ko") {
+			return nil, fmt.Errorf("module %s is compressed; the agent loads plain .ko files", rel)
+		}
+		inInitrd := path.Join("/lib/modules", k.Version, filepath.ToSlash(rel))
+		if err := arc.AddFile(inInitrd, 0o644, b); err != nil {
+			return nil, err
+		}
+		m.Inputs["module/"+kmod.Name(rel)] = digestOf(filepath.Base(rel), b)
+		load.WriteString(inInitrd + "\n")
+		mods = append(mods, kmod.Name(rel))
+	}
+	if err := arc.AddFile(modulesLoadPath, 0o644, []byte(load.String())); err != nil {
+		return nil, err
+	}
+	return mods, nil
+}
+
+func (c *Config) buildVerity(ctx context.Context, outDir string, progress io.Writer, m *Manifest) (string, string, error) {
+	v := c.Verity
+	src := c.abs(v.Source)
+	if st, err := os.Stat(src); err != nil || !st.IsDir() {
+		return "", "", fmt.Errorf("verity source %q is not a directory", v.Source)
+	}
+	uuid := v.UUID
+	if uuid == "" {
+		uuid = defaultVerityUID
+	}
+	img := filepath.Join(outDir, VerityImageFile)
+	os.Remove(img)
+	fmt.Fprintf(progress, "making %s image from %s\n", orDefault(v.FS, "erofs"), v.Source)
+	var cmd *exec.Cmd
+	switch v.FS {
+	case "", "erofs":
+		cmd = exec.CommandContext(ctx, "mkfs.erofs", "--quiet", "-T0", "-U"+uuid, "--all-root", img, src)
+	case "ext4":
+		size, err := dirSize(src)
+		if err != nil {
+			return "", "", err
+		}
+		mib := size/(1<<20)*2 + 16
+		cmd = exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-b", "4096", "-d", src, "-U", uuid,
+			"-E", "hash_seed="+uuid+",root_owner=0:0", "-O", "^has_journal,^metadata_csum_seed", img, fmt.Sprintf("%dM", mib))
+		cmd.Env = append(os.Environ(), "E2FSPROGS_FAKE_TIME=1")
+	default:
+		return "", "", fmt.Errorf("verity fs %q: want erofs or ext4", v.FS)
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("%s: %w: %s", cmd.Args[0], err, out)
+	}
+	// Pad the image to whole 4 KiB blocks.
+	st, err := os.Stat(img)
+	if err != nil {
+		return "", "", err
+	}
+	if rem := st.Size() % 4096; rem != 0 {
+		if err := os.Truncate(img, st.Size()+4096-rem); err != nil {
+			return "", "", err
+		}
+	}
+	salt, err := hex.DecodeString(v.Salt)
+	if err != nil {
+		return "", "", fmt.Errorf("verity salt: %w", err)
+	}
+	if len(salt) == 0 {
+		s := fileDigest(img)
+		salt, _ = hex.DecodeString(s.SHA256)
+	}
+	var u [16]byte
+	ub, err := hex.DecodeString(strings.ReplaceAll(uuid, "-", ""))
+	if err != nil || len(ub) != 16 {
+		return "", "", fmt.Errorf("verity uuid %q is not a UUID", uuid)
+	}
+	copy(u[:], ub)
+	fmt.Fprintln(progress, "computing dm-verity hash tree")
+	root, err := FormatFile(img, filepath.Join(outDir, VerityHashFile), verity.Params{Salt: salt, UUID: u})
+	if err != nil {
+		return "", "", err
+	}
+	m.Outputs["verity_image"] = fileDigest(img)
+	m.Outputs["verity_hash"] = fileDigest(filepath.Join(outDir, VerityHashFile))
+	for _, k := range []string{"verity_image", "verity_hash"} {
+		d := m.Outputs[k]
+		d.Path = filepath.Base(d.Path)
+		m.Outputs[k] = d
+	}
+	rootHex := hex.EncodeToString(root.RootHash)
+	frag := fmt.Sprintf("cocoon.rootfs_verity=%s cocoon.rootfs_verity_blocks=%d cocoon.rootfs_fstype=%s", rootHex, root.DataBlocks, orDefault(v.FS, "erofs"))
+	return rootHex, frag, nil
+}
+
+// FormatFile computes a hash tree for the file data into hash.
+func FormatFile(data, hash string, p verity.Params) (*verity.Result, error) {
+	in, err := os.Open(data)
+	if err != nil {
+		return nil, err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return nil, err
+	}
+	out, err := os.Create(hash)
+	if err != nil {
+		return nil, err
+	}
+	res, err := verity.Format(in, st.Size(), out, p)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return res, err
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+func dirSize(dir string) (int64, error) {
+	var n int64
+	err := filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		n += fi.Size() + 4096
+		return nil
+	})
+	return n, err
+}
+
+func digestOf(name string, b []byte) Digest {
+	s := sha256.Sum256(b)
+	return Digest{Path: name, SHA256: hex.EncodeToString(s[:]), Size: int64(len(b))}
+}
+
+func fileDigest(p string) Digest {
+	f, err := os.Open(p)
+	if err != nil {
+		return Digest{Path: filepath.Base(p)}
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, _ := io.Copy(h, f)
+	return Digest{Path: filepath.Base(p), SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}
+}
+
+// ErrBadAgent reports an /init candidate that cannot run as the guest agent.
+var ErrBadAgent = errors.New("unusable agent binary")
+
+// CheckAgent fails unless p is a statically linked Go binary built with cgo
+// (libcontainer's nsenter needs cgo; the initrd has no dynamic loader).
+func CheckAgent(p string) error {
+	f, err := elf.Open(p)
+	if err != nil {
+		return fmt.Errorf("%w: %s is not an ELF executable: %v", ErrBadAgent, p, err)
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			return fmt.Errorf("%w: %s is dynamically linked; build it static (make build)", ErrBadAgent, p)
+		}
+	}
+	bi, err := buildinfo.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("%w: %s has no Go build information: %v", ErrBadAgent, p, err)
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "CGO_ENABLED" {
+			if s.Value != "1" {
+				return fmt.Errorf("%w: %s was built without cgo (CGO_ENABLED=%s); libcontainer's nsenter needs cgo", ErrBadAgent, p, s.Value)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s does not record CGO_ENABLED", ErrBadAgent, p)
+}

@@ -1,0 +1,126 @@
+package kmod
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cocoon-containers/cocoon/rootfs/kernel/kerneltest"
+)
+
+func loadFake(t *testing.T) *Index {
+	t.Helper()
+	f, err := os.Open("testdata/modules.dep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	idx, err := ParseModulesDep(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return idx
+}
+
+func names(paths []string) []string {
+	var out []string
+	for _, p := range paths {
+		out = append(out, Name(p))
+	}
+	return out
+}
+
+func TestResolveOrder(t *testing.T) {
+	idx := loadFake(t)
+	idx.Builtin["overlay"] = true
+	tests := []struct {
+		mods []string
+		want string
+	}{
+		{[]string{"virtio_console"}, "virtio_ring virtio virtio_console"},
+		{[]string{"dm-verity"}, "dm_bufio dm_mod reed_solomon dm_verity"},
+		{[]string{"virtio_pci", "virtio_console"}, "virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console"},
+		{[]string{"overlay", "virtio_console"}, "virtio_ring virtio virtio_console"},
+	}
+	for _, tt := range tests {
+		got, err := idx.Resolve(tt.mods, nil)
+		if err != nil {
+			t.Fatalf("Resolve(%v): %v", tt.mods, err)
+		}
+		if g := strings.Join(names(got), " "); g != tt.want {
+			t.Errorf("Resolve(%v) = %s, want %s", tt.mods, g, tt.want)
+		}
+	}
+}
+
+func TestResolveErrors(t *testing.T) {
+	idx := loadFake(t)
+	if _, err := idx.Resolve([]string{"sev-guest"}, nil); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "sev_guest") {
+		t.Fatalf("missing module error = %v, want ErrNotFound naming sev_guest", err)
+	}
+	got, err := idx.Resolve([]string{"sev-guest", "virtio_console"}, map[string]bool{"sev_guest": true})
+	if err != nil || len(got) != 3 {
+		t.Fatalf("optional missing module: got %v, %v", got, err)
+	}
+	idx.Deps["virtio_ring"] = []string{"virtio_console"}
+	if _, err := idx.Resolve([]string{"virtio_console"}, nil); err == nil || !strings.Contains(err.Error(), "cycle") {
+		t.Fatalf("cycle error = %v", err)
+	}
+}
+
+func TestParseModulesDepRejects(t *testing.T) {
+	for _, in := range []string{"no colon here\n", "/abs/x.ko:\n", "kernel/x.ko: ../../etc/passwd\n", ": kernel/x.ko\n"} {
+		if _, err := ParseModulesDep(strings.NewReader(in)); err == nil {
+			t.Errorf("ParseModulesDep(%q) succeeded, want an error", in)
+		}
+	}
+}
+
+// TestDebianKernel resolves the default guest modules from Debian's real
+// kernel, which ships no modules.dep: the order comes from .modinfo.
+func TestDebianKernel(t *testing.T) {
+	k := kerneltest.Debian(t)
+	idx, err := Load(k.ModulesDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := idx.Resolve([]string{"virtio_console", "dm-verity", "virtio_pci", "vmw_vsock_virtio_transport", "9pnet_virtio"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := map[string]int{}
+	for i, f := range files {
+		pos[Name(f)] = i
+		if _, err := os.Stat(filepath.Join(k.ModulesDir, f)); err != nil {
+			t.Errorf("resolved file %s missing: %v", f, err)
+		}
+	}
+	before := [][2]string{
+		{"virtio_ring", "virtio"}, {"virtio", "virtio_console"}, {"dm_mod", "dm_verity"},
+		{"dm_bufio", "dm_verity"}, {"vsock", "vmw_vsock_virtio_transport"}, {"9pnet", "9pnet_virtio"},
+	}
+	for _, b := range before {
+		i, ok1 := pos[b[0]]
+		j, ok2 := pos[b[1]]
+		if !ok1 || !ok2 || i >= j {
+			t.Errorf("%s must load before %s; order %v", b[0], b[1], names(files))
+		}
+	}
+}
+
+func FuzzParseModulesDep(f *testing.F) {
+	b, _ := os.ReadFile("testdata/modules.dep")
+	f.Add(string(b))
+	f.Add("a.ko: b.ko\nb.ko:\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		idx, err := ParseModulesDep(strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		for n := range idx.Path {
+			idx.Resolve([]string{n}, nil) // must not panic or loop
+		}
+	})
+}
