@@ -12,7 +12,7 @@ CRICTL_VERSION           := v1.37.0
 OPA_VERSION              := v1.22.3
 
 DEBIAN_PACKAGES := protobuf-compiler containerd runc qemu-system-x86 busybox-static \
-	cryptsetup-bin kmod cpio e2fsprogs erofs-utils iproute2 gzip util-linux
+	cryptsetup-bin kmod cpio e2fsprogs erofs-utils iproute2 gzip util-linux rpm2cpio
 
 BINARIES := agent/cmd/cocoon-agent rootfs/cmd/cocoon-rootfs kbs-client/cmd/cocoon-kbs \
 	kbs-client/cmd/kbs-client shim/cmd/containerd-shim-cocoon-v2

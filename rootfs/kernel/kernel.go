@@ -53,7 +53,13 @@ func ResolveDebian(ctx context.Context, pkg string) (string, error) {
 func FetchDebian(ctx context.Context, cacheDir, pkg string, progress io.Writer) (*Kernel, error) {
 	real, err := ResolveDebian(ctx, pkg)
 	if err != nil {
-		return nil, err
+		// A fresh machine may have no package lists yet.
+		if out, uerr := exec.CommandContext(ctx, "apt-get", "update", "-qq").CombinedOutput(); uerr != nil {
+			return nil, fmt.Errorf("%w (apt-get update: %v: %s)", err, uerr, strings.TrimSpace(string(out)))
+		}
+		if real, err = ResolveDebian(ctx, pkg); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return nil, err
