@@ -14,6 +14,9 @@ OPA_VERSION              := v1.22.3
 DEBIAN_PACKAGES := protobuf-compiler containerd runc qemu-system-x86 busybox-static \
 	cryptsetup-bin kmod cpio e2fsprogs erofs-utils iproute2 gzip util-linux rpm2cpio
 
+# Production images drop the simulated SNP provider: make build BUILD_TAGS='netgo osusergo'
+BUILD_TAGS ?= netgo osusergo simulated
+
 BINARIES := agent/cmd/cocoon-agent rootfs/cmd/cocoon-rootfs kbs-client/cmd/cocoon-kbs \
 	kbs-client/cmd/kbs-client shim/cmd/containerd-shim-cocoon-v2
 PROTO_DIR := rpc/proto
@@ -39,7 +42,7 @@ build: ## build every binary into bin/
 	@mkdir -p bin
 	@for b in $(BINARIES); do \
 	  if [ -d $$b ]; then echo "go build $$b"; \
-	    CGO_ENABLED=1 $(GO) build -trimpath -ldflags '-s -w -extldflags -static' -tags 'netgo osusergo' -o bin/$$(basename $$b) ./$$b || exit 1; fi; \
+	    CGO_ENABLED=1 $(GO) build -trimpath -ldflags '-s -w -extldflags -static' -tags '$(BUILD_TAGS)' -o bin/$$(basename $$b) ./$$b || exit 1; fi; \
 	done
 
 test: ## all tests: unit, root integration (when root), end to end

@@ -111,21 +111,11 @@ func Verify(ctx context.Context, e *Evidence, opts VerifyOptions) (*Claims, erro
 	if err := CheckReport(e.Report); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	report, err := abi.ReportToProto(e.Report)
+	att, err := ToProto(e)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	att := &spb.Attestation{Report: report, CertificateChain: &spb.CertificateChain{}}
-	if len(e.CertTable) > 0 {
-		if len(e.CertTable) > maxCertTableBytes {
-			return nil, fmt.Errorf("%w: certificate table of %d bytes", ErrMalformed, len(e.CertTable))
-		}
-		var ct abi.CertTable
-		if err := ct.Unmarshal(e.CertTable); err != nil {
-			return nil, fmt.Errorf("%w: certificate table: %v", ErrMalformed, err)
-		}
-		att.CertificateChain = ct.Proto()
-	}
+	report := att.Report
 	vopts := &verify.Options{
 		Getter:              opts.Getter,
 		DisableCertFetching: opts.Getter == nil,
