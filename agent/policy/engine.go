@@ -1,0 +1,423 @@
+// Package policy enforces the agent policy: every AgentService request from
+// the (untrusted) host is checked by an OPA/Rego policy before it runs, with
+// the semantics of the Kata Containers agent policy so that policies made by
+// Kata's genpolicy work unchanged.
+//
+//   - Rego package agent_policy, Rego v1 or v0 (with future.keywords).
+//   - The entry point is the request message name (CreateContainerRequest,
+//     ReadStreamRequest for ReadStdout and ReadStderr, ...); the input is the
+//     request in the Kata agent's JSON encoding (see Encode).
+//   - A result is a bool or {"allowed": bool, "ops": [...]}; the RFC 6902
+//     ops patch data.pstate (paths relative to pstate) when allowed.
+//   - AllowRequestsFailingPolicy := true turns denials into logged warnings.
+//   - Denials are PermissionDenied "<Entry> is blocked by policy: <prints>";
+//     the log names the rules that evaluated false. ExplainDenials := true
+//     puts those names into the error as well.
+//
+// SetPolicy replaces the policy atomically after checking, on a confidential
+// guest, that sha256(policy) equals the SNP report's HOST_DATA. A CoCo
+// initdata document (TOML) is accepted in SetPolicy too: its digest,
+// truncated or zero-padded to 32 bytes, must equal HOST_DATA and its
+// "policy.rego" becomes the policy.
+package policy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/containerd/errdefs"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/topdown/print"
+
+	"github.com/cocoon-containers/cocoon/rpc/agentpb"
+)
+
+// MaxPolicySize bounds a policy (or initdata document) from the host.
+const MaxPolicySize = 16 << 20
+
+// maxStateSize bounds the JSON size of data.pstate.
+const maxStateSize = 4 << 20
+
+const pkgPath = "data.agent_policy"
+
+// HostDataSource returns the 32-byte HOST_DATA from a fresh SNP report (real
+// or simulated). A nil source means the guest is not confidential.
+type HostDataSource interface {
+	HostData(ctx context.Context) ([]byte, error)
+}
+
+// Options configure an Enforcer.
+type Options struct {
+	// DefaultPolicyPath is loaded at start; when it is missing or does not
+	// compile, every request but Health and SetPolicy is refused.
+	DefaultPolicyPath string
+	Binding           HostDataSource
+	Logger            *slog.Logger
+}
+
+// Enforcer holds the current policy.
+type Enforcer struct {
+	opts  Options
+	log   *slog.Logger
+	cur   atomic.Pointer[compiled]
+	setMu sync.Mutex
+}
+
+// NewEnforcer loads the default policy. It fails only on bad options; a
+// missing or broken default policy leaves the enforcer refusing requests.
+func NewEnforcer(ctx context.Context, opts Options) (*Enforcer, error) {
+	e := &Enforcer{opts: opts, log: opts.Logger}
+	if e.log == nil {
+		e.log = slog.Default()
+	}
+	if opts.DefaultPolicyPath == "" {
+		e.log.WarnContext(ctx, "no default policy configured: refusing all requests until SetPolicy")
+		return e, nil
+	}
+	b, err := os.ReadFile(opts.DefaultPolicyPath)
+	if err != nil {
+		e.log.WarnContext(ctx, "default policy unavailable: refusing all requests until SetPolicy", "path", opts.DefaultPolicyPath, "error", err)
+		return e, nil
+	}
+	p, err := compile(ctx, string(b))
+	if err != nil {
+		e.log.ErrorContext(ctx, "default policy does not compile: refusing all requests until SetPolicy", "path", opts.DefaultPolicyPath, "error", err)
+		return e, nil
+	}
+	e.cur.Store(p)
+	e.log.InfoContext(ctx, "default policy loaded", "path", opts.DefaultPolicyPath, "sha256", p.digest)
+	return e, nil
+}
+
+// Loaded reports whether a policy is in force, and its SHA-256.
+func (e *Enforcer) Loaded() (bool, string) {
+	p := e.cur.Load()
+	if p == nil {
+		return false, ""
+	}
+	return true, p.digest
+}
+
+// ruleRef is a rule an entry's body uses; negated when used as "not rule".
+type ruleRef struct {
+	name    string
+	negated bool
+}
+
+// compiled is one prepared, immutable policy and its state.
+type compiled struct {
+	text           string
+	digest         string
+	compiler       *ast.Compiler
+	store          storage.Store
+	failingAllowed bool
+	explain        bool
+	ruleNames      map[string]bool     // rules without arguments
+	refs           map[string][]ruleRef // entry -> rules its bodies use
+	queries        sync.Map            // entry -> *rego.PreparedEvalQuery
+	stateMu        sync.Mutex
+}
+
+var errUndefined = errors.New("undefined")
+
+func parseModule(text string) (*ast.Module, error) {
+	mod, errV1 := ast.ParseModuleWithOpts("policy.rego", text, ast.ParserOptions{RegoVersion: ast.RegoV1})
+	if errV1 == nil {
+		return mod, nil
+	}
+	mod, errV0 := ast.ParseModuleWithOpts("policy.rego", text, ast.ParserOptions{RegoVersion: ast.RegoV0})
+	if errV0 == nil {
+		return mod, nil
+	}
+	return nil, fmt.Errorf("parse policy (as Rego v1: %v; as Rego v0: %v)", errV1, errV0)
+}
+
+func compile(ctx context.Context, text string) (*compiled, error) {
+	if len(text) > MaxPolicySize {
+		return nil, fmt.Errorf("policy of %d bytes exceeds %d: %w", len(text), MaxPolicySize, errdefs.ErrInvalidArgument)
+	}
+	mod, err := parseModule(text)
+	if err != nil {
+		return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if got := mod.Package.Path.String(); got != pkgPath {
+		return nil, fmt.Errorf("policy package is %s, want agent_policy: %w", strings.TrimPrefix(got, "data."), errdefs.ErrInvalidArgument)
+	}
+	c := ast.NewCompiler().WithEnablePrintStatements(true)
+	c.Compile(map[string]*ast.Module{"policy.rego": mod})
+	if c.Failed() {
+		return nil, fmt.Errorf("compile policy: %v: %w", c.Errors, errdefs.ErrInvalidArgument)
+	}
+	sum := sha256.Sum256([]byte(text))
+	p := &compiled{
+		text:      text,
+		digest:    hex.EncodeToString(sum[:]),
+		compiler:  c,
+		store:     inmem.NewFromObject(map[string]any{"pstate": map[string]any{}}),
+		ruleNames: map[string]bool{},
+		refs:      map[string][]ruleRef{},
+	}
+	cm := c.Modules["policy.rego"]
+	for _, r := range cm.Rules {
+		if len(r.Head.Args) == 0 {
+			p.ruleNames[r.Head.Name.String()] = true
+		}
+	}
+	for _, r := range cm.Rules {
+		entry := r.Head.Name.String()
+		seen := map[ruleRef]bool{}
+		for _, rr := range p.refs[entry] {
+			seen[rr] = true
+		}
+		for _, expr := range r.Body {
+			ast.WalkRefs(expr, func(ref ast.Ref) bool {
+				name, ok := strings.CutPrefix(ref.String(), pkgPath+".")
+				rr := ruleRef{name: name, negated: expr.Negated}
+				if ok && p.ruleNames[name] && name != entry && !seen[rr] {
+					seen[rr] = true
+					p.refs[entry] = append(p.refs[entry], rr)
+				}
+				return false
+			})
+		}
+	}
+	if v, err := p.evalConst(ctx, "AllowRequestsFailingPolicy"); err == nil && v == true {
+		p.failingAllowed = true
+	}
+	if v, err := p.evalConst(ctx, "ExplainDenials"); err == nil && v == true {
+		p.explain = true
+	}
+	return p, nil
+}
+
+// evalConst evaluates a rule without input (e.g. AllowRequestsFailingPolicy).
+func (p *compiled) evalConst(ctx context.Context, name string) (any, error) {
+	if !p.ruleNames[name] {
+		return nil, errUndefined
+	}
+	v, _, err := p.eval(ctx, name, map[string]any{})
+	return v, err
+}
+
+func (p *compiled) query(ctx context.Context, entry string) (*rego.PreparedEvalQuery, error) {
+	if q, ok := p.queries.Load(entry); ok {
+		return q.(*rego.PreparedEvalQuery), nil
+	}
+	q, err := rego.New(
+		rego.Compiler(p.compiler),
+		rego.Store(p.store),
+		rego.Query(pkgPath+"."+entry),
+		rego.EnablePrintStatements(true),
+	).PrepareForEval(ctx)
+	if err != nil {
+		return nil, err
+	}
+	actual, _ := p.queries.LoadOrStore(entry, &q)
+	return actual.(*rego.PreparedEvalQuery), nil
+}
+
+type printCollector struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (c *printCollector) Print(_ print.Context, s string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.lines) < 64 {
+		c.lines = append(c.lines, s)
+	}
+	return nil
+}
+
+// eval evaluates entry; errUndefined when it has no value.
+func (p *compiled) eval(ctx context.Context, entry string, input any) (any, []string, error) {
+	q, err := p.query(ctx, entry)
+	if err != nil {
+		return nil, nil, err
+	}
+	var pc printCollector
+	rs, err := q.Eval(ctx, rego.EvalInput(input), rego.EvalPrintHook(&pc))
+	if err != nil {
+		return nil, pc.lines, err
+	}
+	if len(rs) == 0 || len(rs[0].Expressions) == 0 {
+		return nil, pc.lines, errUndefined
+	}
+	return rs[0].Expressions[0].Value, pc.lines, nil
+}
+
+// Decision is the outcome of one evaluation.
+type Decision struct {
+	Entry   string
+	Allowed bool
+	// Enforced is false when the policy allows requests that fail it.
+	Enforced     bool
+	Prints       []string
+	FailingRules []string
+	StateOps     int
+}
+
+// ErrNoPolicy reports that no policy is loaded.
+var ErrNoPolicy = errors.New("no agent policy loaded")
+
+// Evaluate checks one request. input is the Kata JSON encoding of it.
+func (e *Enforcer) Evaluate(ctx context.Context, entry string, input map[string]any) (*Decision, error) {
+	p := e.cur.Load()
+	if p == nil {
+		return &Decision{Entry: entry, Enforced: true, Prints: []string{ErrNoPolicy.Error()}}, nil
+	}
+	return p.decide(ctx, entry, input)
+}
+
+func (p *compiled) decide(ctx context.Context, entry string, input map[string]any) (*Decision, error) {
+	d := &Decision{Entry: entry, Enforced: !p.failingAllowed}
+	v, prints, err := p.eval(ctx, entry, input)
+	d.Prints = prints
+	if errors.Is(err, errUndefined) {
+		return nil, fmt.Errorf("policy has no rule or default for %s: %w", entry, errdefs.ErrInternal)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("evaluate %s: %v: %w", entry, err, errdefs.ErrInternal)
+	}
+	var ops []patchOp
+	switch r := v.(type) {
+	case bool:
+		d.Allowed = r
+	case map[string]any:
+		allowed, ok := r["allowed"].(bool)
+		if !ok {
+			return nil, fmt.Errorf("%s result has no boolean \"allowed\": %w", entry, errdefs.ErrInternal)
+		}
+		d.Allowed = allowed
+		if raw, ok := r["ops"]; ok && raw != nil {
+			b, err := json.Marshal(raw)
+			if err == nil {
+				err = json.Unmarshal(b, &ops)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s result: bad ops: %v: %w", entry, err, errdefs.ErrInternal)
+			}
+		}
+	default:
+		return nil, fmt.Errorf("%s result is %T, want bool or object: %w", entry, v, errdefs.ErrInternal)
+	}
+	if !d.Allowed {
+		d.FailingRules = p.failingRules(ctx, entry, input)
+		return d, nil
+	}
+	if len(ops) > 0 {
+		if err := p.applyState(ctx, ops); err != nil {
+			return nil, fmt.Errorf("%s: update policy state: %v: %w", entry, err, errdefs.ErrInternal)
+		}
+		d.StateOps = len(ops)
+	}
+	return d, nil
+}
+
+// failingRules evaluates the argument-less rules the entry's bodies use and
+// returns those that are false or undefined for this input.
+func (p *compiled) failingRules(ctx context.Context, entry string, input map[string]any) []string {
+	var out []string
+	for _, rr := range p.refs[entry] {
+		v, _, err := p.eval(ctx, rr.name, input)
+		truthy := err == nil && v != false
+		if truthy == rr.negated {
+			name := rr.name
+			if rr.negated {
+				name = "not " + name
+			}
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (p *compiled) applyState(ctx context.Context, ops []patchOp) error {
+	p.stateMu.Lock()
+	defer p.stateMu.Unlock()
+	txn, err := p.store.NewTransaction(ctx, storage.WriteParams)
+	if err != nil {
+		return err
+	}
+	cur, err := p.store.Read(ctx, txn, storage.MustParsePath("/pstate"))
+	if err != nil {
+		p.store.Abort(ctx, txn)
+		return err
+	}
+	// The store hands out its own values: work on a JSON copy.
+	b, _ := json.Marshal(cur)
+	var doc any
+	json.Unmarshal(b, &doc)
+	next, err := applyPatch(doc, ops)
+	if err != nil {
+		p.store.Abort(ctx, txn)
+		return err
+	}
+	nb, err := json.Marshal(next)
+	if err != nil || len(nb) > maxStateSize {
+		p.store.Abort(ctx, txn)
+		return fmt.Errorf("policy state of %d bytes exceeds %d", len(nb), maxStateSize)
+	}
+	var val any
+	json.Unmarshal(nb, &val)
+	if err := p.store.Write(ctx, txn, storage.ReplaceOp, storage.MustParsePath("/pstate"), val); err != nil {
+		p.store.Abort(ctx, txn)
+		return err
+	}
+	return p.store.Commit(ctx, txn)
+}
+
+// SetPolicy installs a new policy (or a CoCo initdata document carrying
+// one). The interceptor has already let SetPolicyRequest through.
+func (e *Enforcer) SetPolicy(ctx context.Context, req *agentpb.SetPolicyRequest) error {
+	text := req.GetPolicy()
+	if len(text) > MaxPolicySize {
+		return fmt.Errorf("policy of %d bytes exceeds %d: %w", len(text), MaxPolicySize, errdefs.ErrInvalidArgument)
+	}
+	if id, ok := asInitdata([]byte(text)); ok {
+		return e.ApplyInitdata(ctx, id)
+	}
+	sum := sha256.Sum256([]byte(text))
+	return e.install(ctx, text, sum[:], "policy sha256")
+}
+
+// install checks binding against HOST_DATA, compiles and swaps.
+func (e *Enforcer) install(ctx context.Context, text string, binding []byte, what string) error {
+	e.setMu.Lock()
+	defer e.setMu.Unlock()
+	if e.opts.Binding != nil {
+		hd, err := e.opts.Binding.HostData(ctx)
+		if err != nil {
+			return fmt.Errorf("read HOST_DATA from the SNP report: %v: %w", err, errdefs.ErrUnavailable)
+		}
+		want := make([]byte, 32)
+		copy(want, binding)
+		if !bytes.Equal(hd, want) {
+			e.log.WarnContext(ctx, "policy rejected: not bound to this guest", "what", what, "digest", hex.EncodeToString(want), "host_data", hex.EncodeToString(hd))
+			return fmt.Errorf("%s %x does not match the SNP report's HOST_DATA %x: %w", what, want, hd, errdefs.ErrPermissionDenied)
+		}
+	}
+	p, err := compile(ctx, text)
+	if err != nil {
+		return err
+	}
+	e.cur.Store(p)
+	e.log.InfoContext(ctx, "policy installed", "sha256", p.digest, "bound", e.opts.Binding != nil)
+	return nil
+}
