@@ -1,7 +1,6 @@
 package policy
 
 import (
-
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 

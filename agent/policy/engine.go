@@ -126,9 +126,9 @@ type compiled struct {
 	store          storage.Store
 	failingAllowed bool
 	explain        bool
-	ruleNames      map[string]bool     // rules without arguments
+	ruleNames      map[string]bool      // rules without arguments
 	refs           map[string][]ruleRef // entry -> rules its bodies use
-	queries        sync.Map            // entry -> *rego.PreparedEvalQuery
+	queries        sync.Map             // entry -> *rego.PreparedEvalQuery
 	stateMu        sync.Mutex
 }
 
