@@ -251,7 +251,11 @@ func (p *compiled) eval(ctx context.Context, entry string, input any) (any, []st
 		return nil, nil, err
 	}
 	var pc printCollector
-	rs, err := q.Eval(ctx, rego.EvalInput(input), rego.EvalPrintHook(&pc))
+	in := rego.EvalInput(input)
+	if v, ok := input.(ast.Value); ok {
+		in = rego.EvalParsedInput(v)
+	}
+	rs, err := q.Eval(ctx, in, rego.EvalPrintHook(&pc))
 	if err != nil {
 		return nil, pc.lines, err
 	}
@@ -275,8 +279,9 @@ type Decision struct {
 // ErrNoPolicy reports that no policy is loaded.
 var ErrNoPolicy = errors.New("no agent policy loaded")
 
-// Evaluate checks one request. input is the Kata JSON encoding of it.
-func (e *Enforcer) Evaluate(ctx context.Context, entry string, input map[string]any) (*Decision, error) {
+// Evaluate checks one request. input is the Kata JSON encoding of it (a
+// map from Encode, or an OPA value).
+func (e *Enforcer) Evaluate(ctx context.Context, entry string, input any) (*Decision, error) {
 	p := e.cur.Load()
 	if p == nil {
 		return &Decision{Entry: entry, Enforced: true, Prints: []string{ErrNoPolicy.Error()}}, nil
@@ -284,7 +289,7 @@ func (e *Enforcer) Evaluate(ctx context.Context, entry string, input map[string]
 	return p.decide(ctx, entry, input)
 }
 
-func (p *compiled) decide(ctx context.Context, entry string, input map[string]any) (*Decision, error) {
+func (p *compiled) decide(ctx context.Context, entry string, input any) (*Decision, error) {
 	d := &Decision{Entry: entry, Enforced: !p.failingAllowed}
 	v, prints, err := p.eval(ctx, entry, input)
 	d.Prints = prints
@@ -331,7 +336,7 @@ func (p *compiled) decide(ctx context.Context, entry string, input map[string]an
 
 // failingRules evaluates the argument-less rules the entry's bodies use and
 // returns those that are false or undefined for this input.
-func (p *compiled) failingRules(ctx context.Context, entry string, input map[string]any) []string {
+func (p *compiled) failingRules(ctx context.Context, entry string, input any) []string {
 	var out []string
 	for _, rr := range p.refs[entry] {
 		v, _, err := p.eval(ctx, rr.name, input)
@@ -348,39 +353,76 @@ func (p *compiled) failingRules(ctx context.Context, entry string, input map[str
 	return out
 }
 
+// maxOps bounds the state operations of one decision.
+const maxOps = 64
+
 func (p *compiled) applyState(ctx context.Context, ops []patchOp) error {
+	if len(ops) > maxOps {
+		return fmt.Errorf("%d state operations exceed %d", len(ops), maxOps)
+	}
 	p.stateMu.Lock()
 	defer p.stateMu.Unlock()
 	txn, err := p.store.NewTransaction(ctx, storage.WriteParams)
 	if err != nil {
 		return err
 	}
-	cur, err := p.store.Read(ctx, txn, storage.MustParsePath("/pstate"))
-	if err != nil {
+	if err := p.writeOps(ctx, txn, ops); err != nil {
 		p.store.Abort(ctx, txn)
 		return err
 	}
-	// The store hands out its own values: work on a JSON copy.
+	return p.store.Commit(ctx, txn)
+}
+
+// writeOps applies add, remove and replace directly in the store (the
+// common case, cost independent of the state's size) and falls back to
+// patching a copy of the whole document for test, move and copy.
+func (p *compiled) writeOps(ctx context.Context, txn storage.Transaction, ops []patchOp) error {
+	simple := true
+	for _, op := range ops {
+		if op.Op != "add" && op.Op != "remove" && op.Op != "replace" {
+			simple = false
+		}
+	}
+	if simple {
+		for i, op := range ops {
+			parts, err := splitPointer(op.Path)
+			if err != nil || len(parts) == 0 {
+				return fmt.Errorf("%w: op %d: bad path %q", errPatch, i, op.Path)
+			}
+			var val any
+			if op.Op != "remove" {
+				b, err := json.Marshal(op.Value)
+				if err != nil || len(b) > maxStateSize {
+					return fmt.Errorf("%w: op %d: value too large", errPatch, i)
+				}
+				json.Unmarshal(b, &val)
+			}
+			kind := map[string]storage.PatchOp{"add": storage.AddOp, "remove": storage.RemoveOp, "replace": storage.ReplaceOp}[op.Op]
+			path := append(storage.Path{"pstate"}, parts...)
+			if err := p.store.Write(ctx, txn, kind, path, val); err != nil {
+				return fmt.Errorf("%w: op %d (%s %s): %v", errPatch, i, op.Op, op.Path, err)
+			}
+		}
+		return nil
+	}
+	cur, err := p.store.Read(ctx, txn, storage.MustParsePath("/pstate"))
+	if err != nil {
+		return err
+	}
 	b, _ := json.Marshal(cur)
 	var doc any
 	json.Unmarshal(b, &doc)
 	next, err := applyPatch(doc, ops)
 	if err != nil {
-		p.store.Abort(ctx, txn)
 		return err
 	}
 	nb, err := json.Marshal(next)
 	if err != nil || len(nb) > maxStateSize {
-		p.store.Abort(ctx, txn)
 		return fmt.Errorf("policy state of %d bytes exceeds %d", len(nb), maxStateSize)
 	}
 	var val any
 	json.Unmarshal(nb, &val)
-	if err := p.store.Write(ctx, txn, storage.ReplaceOp, storage.MustParsePath("/pstate"), val); err != nil {
-		p.store.Abort(ctx, txn)
-		return err
-	}
-	return p.store.Commit(ctx, txn)
+	return p.store.Write(ctx, txn, storage.ReplaceOp, storage.MustParsePath("/pstate"), val)
 }
 
 // SetPolicy installs a new policy (or a CoCo initdata document carrying

@@ -72,7 +72,7 @@ func (e *Enforcer) check(ctx context.Context, entry string, msg proto.Message) e
 		e.log.WarnContext(ctx, "request refused: no policy loaded", "entry", entry)
 		return status.Errorf(codes.PermissionDenied, "%s is blocked by policy: %v", entry, ErrNoPolicy)
 	}
-	d, err := p.decide(ctx, entry, Encode(msg))
+	d, err := p.decide(ctx, entry, encodeAST(msg))
 	if err != nil {
 		e.log.ErrorContext(ctx, "policy evaluation failed", "entry", entry, "error", err)
 		return toStatus(err)

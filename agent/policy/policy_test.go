@@ -21,6 +21,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
+	"github.com/open-policy-agent/opa/v1/ast"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -453,6 +454,15 @@ func TestEncodeGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%v (run go test -update)", err)
 			}
+			// The OPA-value encoder the gate uses says the same.
+			astJSON, err := ast.JSON(encodeAST(msg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			viaAST, _ := json.MarshalIndent(astJSON, "", "  ")
+			if !bytes.Equal(viaAST, got) {
+				t.Fatalf("encodeAST differs from Encode:\n%s\nvs\n%s", viaAST, got)
+			}
 			if string(got)+"\n" != string(want) {
 				t.Fatalf("encoding of %s changed:\ngot  %s\nwant %s", name, got, want)
 			}
@@ -505,4 +515,75 @@ func FuzzSetPolicy(f *testing.F) {
 			t.Fatalf("SetPolicy error without a class: %v", err)
 		}
 	})
+}
+
+func TestStateOps(t *testing.T) {
+	ctx := context.Background()
+	text := `package agent_policy
+
+import rego.v1
+
+CreateContainerRequest := {"allowed": true, "ops": ops} if {
+	input.container_id == "a"
+	ops := [{"op": "add", "path": "/ids", "value": {"a": 1}}, {"op": "copy", "from": "/ids", "path": "/copy"}, {"op": "test", "path": "/copy/a", "value": 1}]
+}
+
+CreateContainerRequest := {"allowed": true, "ops": ops} if {
+	input.container_id == "b"
+	ops := [{"op": "add", "path": "/ids/b", "value": 2}, {"op": "remove", "path": "/copy"}]
+}
+
+CreateContainerRequest := {"allowed": true, "ops": ops} if {
+	input.container_id == "bad"
+	ops := [{"op": "remove", "path": "/nothing/here"}]
+}
+
+default StartContainerRequest := false
+
+StartContainerRequest if data.pstate.ids[input.container_id]
+`
+	p, err := compile(ctx, text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"a", "b"} {
+		if d, err := p.decide(ctx, "CreateContainerRequest", Encode(&agentpb.CreateContainerRequest{ContainerId: id})); err != nil || !d.Allowed || d.StateOps == 0 {
+			t.Fatalf("create %s: %+v %v", id, d, err)
+		}
+	}
+	if _, err := p.decide(ctx, "CreateContainerRequest", Encode(&agentpb.CreateContainerRequest{ContainerId: "bad"})); !errors.Is(err, errdefs.ErrInternal) {
+		t.Fatalf("bad op = %v, want Internal", err)
+	}
+	for id, want := range map[string]bool{"a": true, "b": true, "c": false} {
+		d, err := p.decide(ctx, "StartContainerRequest", Encode(&agentpb.StartContainerRequest{ContainerId: id}))
+		if err != nil || d.Allowed != want {
+			t.Errorf("start %s: %+v %v, want allowed=%v", id, d, err, want)
+		}
+	}
+}
+
+func TestJSONPatch(t *testing.T) {
+	doc := map[string]any{"a": []any{1.0, 2.0}, "m~/x": "y"}
+	got, err := applyPatch(doc, []patchOp{
+		{Op: "add", Path: "/a/1", Value: 9.0},
+		{Op: "add", Path: "/a/-", Value: 3.0},
+		{Op: "replace", Path: "/m~0~1x", Value: "z"},
+		{Op: "move", From: "/m~0~1x", Path: "/moved"},
+		{Op: "remove", Path: "/a/0"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(got)
+	if want := `{"a":[9,2,3],"moved":"z"}`; string(b) != want {
+		t.Fatalf("patched = %s, want %s", b, want)
+	}
+	if _, ok := doc["moved"]; ok {
+		t.Fatal("applyPatch modified its input")
+	}
+	for _, bad := range [][]patchOp{{{Op: "replace", Path: "/nope", Value: 1}}, {{Op: "test", Path: "/a/0", Value: 5}}, {{Op: "frob", Path: "/a"}}, {{Op: "add", Path: "a"}}} {
+		if _, err := applyPatch(doc, bad); err == nil {
+			t.Errorf("patch %+v succeeded", bad)
+		}
+	}
 }
