@@ -129,6 +129,7 @@ type compiled struct {
 	ruleNames      map[string]bool      // rules without arguments
 	refs           map[string][]ruleRef // entry -> rules its bodies use
 	queries        sync.Map             // entry -> *rego.PreparedEvalQuery
+	constant       map[string]bool      // entries that are only "default X := <bool>"
 	stateMu        sync.Mutex
 }
 
@@ -170,11 +171,27 @@ func compile(ctx context.Context, text string) (*compiled, error) {
 		store:     inmem.NewFromObject(map[string]any{"pstate": map[string]any{}}),
 		ruleNames: map[string]bool{},
 		refs:      map[string][]ruleRef{},
+		constant:  map[string]bool{},
 	}
 	cm := c.Modules["policy.rego"]
+	nonDefault := map[string]bool{}
 	for _, r := range cm.Rules {
+		name := r.Head.Name.String()
 		if len(r.Head.Args) == 0 {
-			p.ruleNames[r.Head.Name.String()] = true
+			p.ruleNames[name] = true
+		}
+		if !r.Default {
+			nonDefault[name] = true
+		}
+	}
+	// An entry that is only a boolean default decides without its input:
+	// the gate can skip encoding the request.
+	for _, r := range cm.Rules {
+		name := r.Head.Name.String()
+		if r.Default && !nonDefault[name] && r.Head.Value != nil {
+			if b, ok := r.Head.Value.Value.(ast.Boolean); ok {
+				p.constant[name] = bool(b)
+			}
 		}
 	}
 	for _, r := range cm.Rules {

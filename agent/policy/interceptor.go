@@ -72,6 +72,13 @@ func (e *Enforcer) check(ctx context.Context, entry string, msg proto.Message) e
 		e.log.WarnContext(ctx, "request refused: no policy loaded", "entry", entry)
 		return status.Errorf(codes.PermissionDenied, "%s is blocked by policy: %v", entry, ErrNoPolicy)
 	}
+	if allowed, ok := p.constant[entry]; ok && (allowed || !p.failingAllowed) {
+		if allowed {
+			return nil
+		}
+		e.log.WarnContext(ctx, "request blocked by policy", "entry", entry, "failing_rules", []string{"default " + entry + " := false"})
+		return status.Error(codes.PermissionDenied, entry+" is blocked by policy: ")
+	}
 	d, err := p.decide(ctx, entry, encodeAST(msg))
 	if err != nil {
 		e.log.ErrorContext(ctx, "policy evaluation failed", "entry", entry, "error", err)
