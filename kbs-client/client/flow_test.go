@@ -4,127 +4,35 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cocoon-containers/cocoon/attestation"
 	"github.com/cocoon-containers/cocoon/attestation/simulated"
 	"github.com/cocoon-containers/cocoon/kbs-client/client"
+	"github.com/cocoon-containers/cocoon/kbs-client/kbstest"
 	"github.com/cocoon-containers/cocoon/kbs-client/protocol"
 	"github.com/cocoon-containers/cocoon/kbs-client/server"
 	"github.com/cocoon-containers/cocoon/kbs-client/teekey"
 )
 
-const secret = "s3cr3t-value-that-must-not-leak"
+const secret = kbstest.Secret
 
-// syncBuffer collects logs from concurrent handlers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-type kbs struct {
-	srv     *httptest.Server
-	handler atomic.Pointer[http.Handler]
-	attests atomic.Int32
-	logs    *syncBuffer
-	repo    string
-}
-
-func measurement() [48]byte {
-	var m [48]byte
-	copy(m[:], bytes.Repeat([]byte{0x4d}, 48))
-	return m
-}
-
-func hostData() [32]byte {
-	var h [32]byte
-	copy(h[:], bytes.Repeat([]byte{0x48}, 32))
-	return h
-}
-
-// policyFor releases resources only to the expected measurement and host data.
-func policyFor(m [48]byte, h [32]byte) string {
-	return `package policy
-import rego.v1
-default allow := false
-allow if {
-	input.claims.measurement == "` + hex.EncodeToString(m[:]) + `"
-	input.claims.host_data == "` + hex.EncodeToString(h[:]) + `"
-	not input.claims.policy.debug
-}
-`
-}
-
-func newKBS(t *testing.T, cfg server.Config) *kbs {
-	t.Helper()
-	k := &kbs{logs: &syncBuffer{}, repo: t.TempDir()}
-	os.MkdirAll(filepath.Join(k.repo, "default", "key"), 0o700)
-	os.WriteFile(filepath.Join(k.repo, "default", "key", "1"), []byte(secret), 0o600)
-	k.restart(t, cfg)
-	k.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/kbs/v0/attest" {
-			k.attests.Add(1)
-		}
-		(*k.handler.Load()).ServeHTTP(w, r)
-	}))
-	t.Cleanup(k.srv.Close)
-	return k
-}
-
-// restart replaces the KBS (new signing key, no sessions), as a KBS
-// restart would.
-func (k *kbs) restart(t *testing.T, cfg server.Config) {
-	t.Helper()
-	cfg.Repository = k.repo
-	cfg.TrustSimulated = true
-	cfg.Logger = slog.New(slog.NewTextHandler(k.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	if cfg.ResourcePolicy == "" {
-		cfg.ResourcePolicy = policyFor(measurement(), hostData())
-	}
-	s, err := server.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := s.Handler()
-	k.handler.Store(&h)
-}
-
+func measurement() [48]byte                               { return kbstest.Measurement() }
+func hostData() [32]byte                                  { return kbstest.HostData() }
+func newKBS(t *testing.T, cfg server.Config) *kbstest.KBS { return kbstest.Start(t, cfg) }
 func guest(t *testing.T, url string, m [48]byte, h [32]byte) *client.Client {
-	t.Helper()
-	p, err := simulated.New(simulated.Options{Measurement: m, HostData: h})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(client.Config{URL: url, Provider: p, Backoff: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return kbstest.Guest(t, url, m, h)
 }
 
 func TestFlow(t *testing.T) {
 	ctx := context.Background()
 	k := newKBS(t, server.Config{})
-	c := guest(t, k.srv.URL, measurement(), hostData())
+	c := guest(t, k.Srv.URL, measurement(), hostData())
 	for i := 0; i < 3; i++ {
 		got, err := c.GetResource(ctx, "default/key/1")
 		if err != nil {
@@ -134,18 +42,18 @@ func TestFlow(t *testing.T) {
 			t.Fatalf("resource = %q", got)
 		}
 	}
-	if n := k.attests.Load(); n != 1 {
+	if n := k.Attests.Load(); n != 1 {
 		t.Fatalf("attested %d times for 3 fetches, want 1 (token reuse)", n)
 	}
 	// After a KBS restart the old token is unknown: one re-attestation.
-	k.restart(t, server.Config{})
+	k.Restart(t, server.Config{})
 	if got, err := c.GetResource(ctx, "default/key/1"); err != nil || string(got) != secret {
 		t.Fatalf("after restart: %q, %v", got, err)
 	}
-	if n := k.attests.Load(); n != 2 {
+	if n := k.Attests.Load(); n != 2 {
 		t.Fatalf("attestations after restart = %d, want 2", n)
 	}
-	if strings.Contains(k.logs.String(), secret) {
+	if strings.Contains(k.Logs.String(), secret) {
 		t.Fatalf("the secret reached the KBS log")
 	}
 }
@@ -153,7 +61,7 @@ func TestFlow(t *testing.T) {
 func TestRSAKey(t *testing.T) {
 	k := newKBS(t, server.Config{})
 	p, _ := simulated.New(simulated.Options{Measurement: measurement(), HostData: hostData()})
-	c, _ := client.New(client.Config{URL: k.srv.URL, Provider: p, KeyAlgorithm: protocol.AlgRSAOAE})
+	c, _ := client.New(client.Config{URL: k.Srv.URL, Provider: p, KeyAlgorithm: protocol.AlgRSAOAE})
 	if got, err := c.GetResource(context.Background(), "default/key/1"); err != nil || string(got) != secret {
 		t.Fatalf("RSA-OAEP-256: %q, %v", got, err)
 	}
@@ -166,8 +74,8 @@ func TestPolicyRejections(t *testing.T) {
 	var otherH [32]byte
 	otherH[0] = 1
 	for name, c := range map[string]*client.Client{
-		"wrong measurement": guest(t, k.srv.URL, otherM, hostData()),
-		"wrong host data":   guest(t, k.srv.URL, measurement(), otherH),
+		"wrong measurement": guest(t, k.Srv.URL, otherM, hostData()),
+		"wrong host data":   guest(t, k.Srv.URL, measurement(), otherH),
 	} {
 		_, err := c.GetResource(ctx, "default/key/1")
 		var ke *client.Error
@@ -224,13 +132,13 @@ func TestProtocolRejections(t *testing.T) {
 	k := newKBS(t, server.Config{})
 	keyA, _ := teekey.New(protocol.AlgECDH)
 	keyB, _ := teekey.New(protocol.AlgECDH)
-	attest := k.srv.URL + "/kbs/v0/attest"
+	attest := k.Srv.URL + "/kbs/v0/attest"
 
-	if _, _, code := rawSession(t, k.srv.URL, "0.1.0"); code != http.StatusBadRequest {
+	if _, _, code := rawSession(t, k.Srv.URL, "0.1.0"); code != http.StatusBadRequest {
 		t.Errorf("wrong protocol version: %d, want 400", code)
 	}
 
-	c, nonce, _ := rawSession(t, k.srv.URL, protocol.Version)
+	c, nonce, _ := rawSession(t, k.Srv.URL, protocol.Version)
 	if code, ei := post(t, c, attest, attestBody(t, nonce, keyA.Public(), keyB.Public(), false)); code != http.StatusUnauthorized || !strings.Contains(ei.Detail, "REPORT_DATA") {
 		t.Errorf("swapped tee-pubkey: %d %+v, want 401 REPORT_DATA", code, ei)
 	}
@@ -239,15 +147,15 @@ func TestProtocolRejections(t *testing.T) {
 		t.Errorf("replayed nonce: %d, want 401", code)
 	}
 
-	c2, _, _ := rawSession(t, k.srv.URL, protocol.Version)
+	c2, _, _ := rawSession(t, k.Srv.URL, protocol.Version)
 	if code, _ := post(t, c2, attest, attestBody(t, "foreign-nonce", keyA.Public(), keyA.Public(), false)); code != http.StatusUnauthorized {
 		t.Errorf("foreign nonce: %d, want 401", code)
 	}
-	c3, n3, _ := rawSession(t, k.srv.URL, protocol.Version)
+	c3, n3, _ := rawSession(t, k.Srv.URL, protocol.Version)
 	if code, ei := post(t, c3, attest, attestBody(t, n3, keyA.Public(), keyA.Public(), true)); code != http.StatusUnauthorized || !strings.Contains(ei.Detail, "signature") {
 		t.Errorf("tampered report: %d %+v, want 401 signature", code, ei)
 	}
-	c4, n4, _ := rawSession(t, k.srv.URL, protocol.Version)
+	c4, n4, _ := rawSession(t, k.Srv.URL, protocol.Version)
 	big := append([]byte(`{"x":"`), bytes.Repeat([]byte("a"), 2<<20)...)
 	if code, _ := post(t, c4, attest, append(big, `"}`...)); code != http.StatusBadRequest {
 		t.Errorf("oversized body: %d, want 400", code)
@@ -257,7 +165,7 @@ func TestProtocolRejections(t *testing.T) {
 	if code, _ := post(t, guestHTTP(), attest, attestBody(t, "x", keyA.Public(), keyA.Public(), false)); code != http.StatusUnauthorized {
 		t.Errorf("attest without session: %d, want 401", code)
 	}
-	if strings.Contains(k.logs.String(), nonce) {
+	if strings.Contains(k.Logs.String(), nonce) {
 		t.Error("a nonce reached the KBS log")
 	}
 }
@@ -265,22 +173,22 @@ func TestProtocolRejections(t *testing.T) {
 func TestExpiredSession(t *testing.T) {
 	k := newKBS(t, server.Config{SessionTTL: time.Millisecond})
 	keyA, _ := teekey.New(protocol.AlgECDH)
-	c, nonce, _ := rawSession(t, k.srv.URL, protocol.Version)
+	c, nonce, _ := rawSession(t, k.Srv.URL, protocol.Version)
 	time.Sleep(20 * time.Millisecond)
-	if code, _ := post(t, c, k.srv.URL+"/kbs/v0/attest", attestBody(t, nonce, keyA.Public(), keyA.Public(), false)); code != http.StatusUnauthorized {
+	if code, _ := post(t, c, k.Srv.URL+"/kbs/v0/attest", attestBody(t, nonce, keyA.Public(), keyA.Public(), false)); code != http.StatusUnauthorized {
 		t.Fatalf("expired session: %d, want 401", code)
 	}
 }
 
 func TestResourcePathTraversal(t *testing.T) {
 	k := newKBS(t, server.Config{})
-	c := guest(t, k.srv.URL, measurement(), hostData())
+	c := guest(t, k.Srv.URL, measurement(), hostData())
 	tok, err := c.Attest(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"default/key/..", "default/../../etc", "default%2Fkey/1/x", "default/key%2F1/x", "default/key/1/extra", "default/.key/1"} {
-		req, _ := http.NewRequest(http.MethodGet, k.srv.URL+"/kbs/v0/resource/"+p, nil)
+		req, _ := http.NewRequest(http.MethodGet, k.Srv.URL+"/kbs/v0/resource/"+p, nil)
 		req.Header.Set("Authorization", "Bearer "+tok)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -299,7 +207,7 @@ func TestResourcePathTraversal(t *testing.T) {
 func TestAdminAPI(t *testing.T) {
 	k := newKBS(t, server.Config{AdminKey: []byte("admin-key")})
 	put := func(path, key string, body []byte) int {
-		req, _ := http.NewRequest(http.MethodPost, k.srv.URL+path, bytes.NewReader(body))
+		req, _ := http.NewRequest(http.MethodPost, k.Srv.URL+path, bytes.NewReader(body))
 		if key != "" {
 			req.Header.Set("Authorization", "Bearer "+key)
 		}
@@ -316,7 +224,7 @@ func TestAdminAPI(t *testing.T) {
 	if code := put("/kbs/v0/resource/app/cfg/a", "admin-key", []byte("new value")); code != http.StatusOK {
 		t.Fatalf("set resource: %d", code)
 	}
-	c := guest(t, k.srv.URL, measurement(), hostData())
+	c := guest(t, k.Srv.URL, measurement(), hostData())
 	if got, err := c.GetResource(context.Background(), "app/cfg/a"); err != nil || string(got) != "new value" {
 		t.Fatalf("fetch of the new resource: %q %v", got, err)
 	}
@@ -334,8 +242,8 @@ func TestAdminAPI(t *testing.T) {
 
 func TestKBSDown(t *testing.T) {
 	k := newKBS(t, server.Config{})
-	url := k.srv.URL
-	k.srv.Close()
+	url := k.Srv.URL
+	k.Srv.Close()
 	c := guest(t, url, measurement(), hostData())
 	if _, err := c.GetResource(context.Background(), "default/key/1"); !errors.Is(err, client.ErrUnreachable) {
 		t.Fatalf("KBS down: %v, want ErrUnreachable", err)
