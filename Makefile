@@ -12,12 +12,12 @@ CRICTL_VERSION           := v1.37.0
 OPA_VERSION              := v1.22.3
 
 DEBIAN_PACKAGES := protobuf-compiler containerd runc qemu-system-x86 busybox-static \
-	cryptsetup-bin kmod cpio e2fsprogs erofs-utils iproute2 gzip util-linux rpm2cpio
+	cryptsetup-bin kmod cpio e2fsprogs erofs-utils iproute2 gzip util-linux rpm2cpio curl
 
 # Production images drop the simulated SNP provider: make build BUILD_TAGS='netgo osusergo'
 BUILD_TAGS ?= netgo osusergo simulated
 
-BINARIES := agent/cmd/cocoon-agent rootfs/cmd/cocoon-rootfs kbs-client/cmd/cocoon-kbs \
+BINARIES := agent/cmd/cocoon-agent agent/cmd/cocoon-policy rootfs/cmd/cocoon-rootfs kbs-client/cmd/cocoon-kbs \
 	kbs-client/cmd/kbs-client shim/cmd/containerd-shim-cocoon-v2
 PROTO_DIR := rpc/proto
 PROTOS    := $(wildcard $(PROTO_DIR)/*.proto)
