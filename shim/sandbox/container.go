@@ -1,0 +1,271 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/cocoon-containers/cocoon/rpc/agentpb"
+	grpcerr "github.com/containerd/containerd/errdefs"
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// maxCopyFileSize bounds a file sent by CopyFile (hostname, hosts, ...).
+const maxCopyFileSize = 1 << 20
+
+// ContainerRequest prepares container id for the guest and returns the
+// CreateContainer request: rootfs and bind-mount sources are made visible in
+// the guest (shared directory, CopyFile, or host paths for the process
+// launcher) and the spec is constrained the way the Kata runtime does.
+// rootfs is the container's mounted rootfs on the host.
+func (s *Sandbox) ContainerRequest(ctx context.Context, id, rootfs string, spec *specs.Spec) (_ *agentpb.CreateContainerRequest, retErr error) {
+	if err := ValidID(id); err != nil {
+		return nil, fmt.Errorf("container request: %w", err)
+	}
+	if spec == nil || spec.Process == nil || spec.Root == nil {
+		return nil, fmt.Errorf("container %s: spec without process or root: %w", id, errdefs.ErrInvalidArgument)
+	}
+	if !filepath.IsAbs(rootfs) {
+		return nil, fmt.Errorf("container %s: rootfs %q is not absolute: %w", id, rootfs, errdefs.ErrInvalidArgument)
+	}
+	defer func() {
+		if retErr != nil {
+			s.mu.Lock()
+			_ = s.unshareLocked(id)
+			s.mu.Unlock()
+		}
+	}()
+	ospec := toAgentSpec(spec)
+	constrainSpec(ospec)
+	switch {
+	case s.HostPaths():
+		ospec.Root.Path = rootfs
+	case s.sharedDir != "":
+		dst := filepath.Join(s.sharedDir, id, "rootfs")
+		if err := s.bindShare(id, rootfs, dst, false); err != nil {
+			return nil, fmt.Errorf("container %s: share rootfs: %w", id, err)
+		}
+		ospec.Root.Path = path.Join(GuestSharedDir, id, "rootfs")
+	default:
+		return nil, fmt.Errorf("container %s: a sandbox without a shared directory needs guest-pulled or block-device images: %w", id, errdefs.ErrNotImplemented)
+	}
+	if !s.HostPaths() {
+		mounts, err := s.shareMounts(ctx, id, ospec.Mounts)
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", id, err)
+		}
+		ospec.Mounts = mounts
+	}
+	return &agentpb.CreateContainerRequest{
+		ContainerId: id,
+		ExecId:      id,
+		OCI:         ospec,
+	}, nil
+}
+
+// constrainSpec removes what the guest must not get from the host, as the
+// Kata runtime does: hooks run on the host side, namespace paths name host
+// objects, the network namespace is the guest's own, and host cpusets and
+// device cgroup rules do not apply inside the VM.
+func constrainSpec(s *agentpb.Spec) {
+	s.Hooks = nil
+	if s.Linux == nil {
+		return
+	}
+	var ns []*agentpb.LinuxNamespace
+	for _, n := range s.Linux.Namespaces {
+		if n.Type == string(specs.NetworkNamespace) {
+			continue
+		}
+		ns = append(ns, &agentpb.LinuxNamespace{Type: n.Type})
+	}
+	s.Linux.Namespaces = ns
+	s.Linux.IntelRdt = nil
+	if r := s.Linux.Resources; r != nil {
+		r.Devices = nil
+		r.BlockIO = nil
+		r.HugepageLimits = nil
+		r.Network = nil
+		if r.CPU != nil {
+			r.CPU.Cpus = ""
+			r.CPU.Mems = ""
+		}
+	}
+}
+
+// shareMounts makes host bind-mount sources visible in the guest. Files are
+// copied into the shared directory (or sent with CopyFile when none is
+// shared) under "<container>-<random>-<name>"; directories are bind-mounted
+// into the shared directory. The sandbox's /dev/shm becomes the guest shm.
+func (s *Sandbox) shareMounts(ctx context.Context, id string, in []*agentpb.Mount) ([]*agentpb.Mount, error) {
+	var out []*agentpb.Mount
+	for _, m := range in {
+		if !isBind(m) {
+			out = append(out, m)
+			continue
+		}
+		if m.Destination == "/dev/shm" {
+			out = append(out, &agentpb.Mount{Destination: m.Destination, Source: GuestShmDir, Type: "bind", Options: []string{"rbind"}})
+			continue
+		}
+		fi, err := os.Stat(m.Source)
+		if err != nil {
+			return nil, fmt.Errorf("bind mount source %s: %w", m.Source, err)
+		}
+		var rnd [8]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return nil, err
+		}
+		name := fmt.Sprintf("%s-%s-%s", id, hex.EncodeToString(rnd[:]), filepath.Base(m.Source))
+		guest := path.Join(GuestSharedDir, name)
+		switch {
+		case s.sharedDir != "" && fi.IsDir():
+			if err := s.bindShare(id, m.Source, filepath.Join(s.sharedDir, name), hasOpt(m.Options, "ro")); err != nil {
+				return nil, fmt.Errorf("share %s: %w", m.Source, err)
+			}
+		case s.sharedDir != "" && fi.Mode().IsRegular():
+			if err := s.copyShare(id, m.Source, filepath.Join(s.sharedDir, name)); err != nil {
+				return nil, fmt.Errorf("share %s: %w", m.Source, err)
+			}
+		case fi.Mode().IsRegular():
+			if err := s.copyFile(ctx, m.Source, guest, fi); err != nil {
+				return nil, fmt.Errorf("copy %s into the guest: %w", m.Source, err)
+			}
+		default:
+			s.log.Warn("bind mount not shared with a sandbox without a shared directory", "container_id", id, "destination", m.Destination)
+			continue
+		}
+		nm := *m
+		nm.Source = guest
+		out = append(out, &nm)
+	}
+	return out, nil
+}
+
+func isBind(m *agentpb.Mount) bool {
+	return m.Type == "bind" || hasOpt(m.Options, "bind") || hasOpt(m.Options, "rbind")
+}
+
+func hasOpt(opts []string, o string) bool {
+	for _, x := range opts {
+		if x == o {
+			return true
+		}
+	}
+	return false
+}
+
+// bindShare bind-mounts src at dst inside the shared directory.
+func (s *Sandbox) bindShare(id, src, dst string, ro bool) error {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.shares[id] = append(s.shares[id], dst)
+	s.mu.Unlock()
+	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s: %w", dst, err)
+	}
+	if ro {
+		if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("remount %s read-only: %w", dst, err)
+		}
+	}
+	return nil
+}
+
+// copyShare copies a small file into the shared directory.
+func (s *Sandbox) copyShare(id, src, dst string) error {
+	data, fi, err := readSmall(src)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.shares[id] = append(s.shares[id], dst)
+	s.mu.Unlock()
+	return os.WriteFile(dst, data, fi.Mode().Perm())
+}
+
+// copyFile sends a small file to the guest with CopyFile.
+func (s *Sandbox) copyFile(ctx context.Context, src, guest string, fi os.FileInfo) error {
+	data, _, err := readSmall(src)
+	if err != nil {
+		return err
+	}
+	st, _ := fi.Sys().(*unix.Stat_t)
+	req := &agentpb.CopyFileRequest{
+		Path:     guest,
+		FileSize: int64(len(data)),
+		FileMode: uint32(fi.Mode().Perm()) | unix.S_IFREG,
+		DirMode:  0o755 | unix.S_IFDIR,
+		Data:     data,
+	}
+	if st != nil {
+		req.Uid = int32(st.Uid)
+		req.Gid = int32(st.Gid)
+	}
+	if _, err := s.agent.CopyFile(ctx, req); err != nil {
+		return grpcerr.FromGRPC(err)
+	}
+	return nil
+}
+
+func readSmall(src string) ([]byte, os.FileInfo, error) {
+	f, err := os.Open(src)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() > maxCopyFileSize {
+		return nil, nil, fmt.Errorf("%s: want a regular file of at most %d bytes: %w", src, maxCopyFileSize, errdefs.ErrInvalidArgument)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxCopyFileSize+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	return data, fi, nil
+}
+
+// RemoveContainer undoes what ContainerRequest shared for container id.
+func (s *Sandbox) RemoveContainer(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.unshareLocked(id)
+}
+
+func (s *Sandbox) unshareLocked(id string) error {
+	paths := s.shares[id]
+	delete(s.shares, id)
+	var errs []error
+	for i := len(paths) - 1; i >= 0; i-- {
+		p := paths[i]
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
+			continue
+		}
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.sharedDir != "" {
+		// The per-container directory that held the rootfs mount point.
+		dir := filepath.Join(s.sharedDir, id)
+		if strings.HasPrefix(dir, s.sharedDir+string(filepath.Separator)) {
+			_ = os.Remove(dir)
+		}
+	}
+	return errors.Join(errs...)
+}
