@@ -317,7 +317,7 @@ func (s *Server) issueToken(key protocol.JWK, claims *attestation.Claims) (strin
 }
 
 func (s *Server) verifyToken(tok string) (*tokenClaims, error) {
-	obj, err := jose.ParseSigned(tok, []jose.SignatureAlgorithm{jose.ES256})
+	obj, err := jose.ParseSignedCompact(tok, []jose.SignatureAlgorithm{jose.ES256})
 	if err != nil {
 		return nil, err
 	}

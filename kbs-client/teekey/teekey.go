@@ -6,7 +6,6 @@ package teekey
 
 import (
 	"crypto"
-	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -52,8 +51,11 @@ func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 func (k *Key) Public() protocol.JWK {
 	switch p := k.priv.(type) {
 	case *ecdsa.PrivateKey:
-		size := (p.Curve.Params().BitSize + 7) / 8
-		return protocol.JWK{Kty: "EC", Crv: "P-256", Alg: k.alg, X: b64(p.X.FillBytes(make([]byte, size))), Y: b64(p.Y.FillBytes(make([]byte, size)))}
+		raw, err := p.PublicKey.Bytes() // 0x04 || X || Y
+		if err != nil || len(raw) != 65 {
+			return protocol.JWK{}
+		}
+		return protocol.JWK{Kty: "EC", Crv: "P-256", Alg: k.alg, X: b64(raw[1:33]), Y: b64(raw[33:])}
 	case *rsa.PrivateKey:
 		return protocol.JWK{Kty: "RSA", Alg: k.alg, N: b64(p.N.Bytes()), E: b64(big.NewInt(int64(p.E)).Bytes())}
 	}
@@ -93,12 +95,12 @@ func PublicKey(j protocol.JWK) (crypto.PublicKey, string, error) {
 		if err1 != nil || err2 != nil || len(x) != 32 || len(y) != 32 {
 			return nil, "", fmt.Errorf("%w: EC coordinates", ErrBadKey)
 		}
-		// Reject points off the curve.
-		raw := append(append([]byte{4}, x...), y...)
-		if _, err := ecdh.P256().NewPublicKey(raw); err != nil {
+		// Parsing rejects points off the curve.
+		pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
+		if err != nil {
 			return nil, "", fmt.Errorf("%w: %v", ErrBadKey, err)
 		}
-		return &ecdsa.PublicKey{Curve: elliptic.P256(), X: new(big.Int).SetBytes(x), Y: new(big.Int).SetBytes(y)}, protocol.AlgECDH, nil
+		return pub, protocol.AlgECDH, nil
 	case "RSA":
 		if j.Alg != "" && j.Alg != protocol.AlgRSAOAE {
 			return nil, "", fmt.Errorf("%w: RSA alg %q", ErrBadKey, j.Alg)
