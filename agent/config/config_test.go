@@ -1,0 +1,150 @@
+package config
+
+import (
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+)
+
+func TestSplitCmdline(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []Param
+	}{
+		{"", nil},
+		{"quiet", []Param{{Key: "quiet"}}},
+		{"a=1  b=\"x y\"\tc", []Param{{Key: "a", Value: "1", HasValue: true}, {Key: "b", Value: "x y", HasValue: true}, {Key: "c"}}},
+		{"a=1 -- b=2", []Param{{Key: "a", Value: "1", HasValue: true}}},
+		{"a= b=\n", []Param{{Key: "a", HasValue: true}, {Key: "b", HasValue: true}}},
+	}
+	for _, tt := range tests {
+		got, err := SplitCmdline(tt.in)
+		if err != nil {
+			t.Fatalf("SplitCmdline(%q): %v", tt.in, err)
+		}
+		if !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("SplitCmdline(%q) = %+v, want %+v", tt.in, got, tt.want)
+		}
+	}
+	if _, err := SplitCmdline(`a="open`); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("unterminated quote: got %v, want invalid argument", err)
+	}
+}
+
+func TestParse(t *testing.T) {
+	hostData := strings.Repeat("ab", 32)
+	meas := strings.Repeat("cd", 48)
+	env := func(m map[string]string) func(string) string {
+		return func(k string) string { return m[k] }
+	}
+	tests := []struct {
+		name string
+		src  Sources
+		want Config
+	}{
+		{
+			name: "defaults",
+			want: Default(),
+		},
+		{
+			name: "kata keys",
+			src:  Sources{Cmdline: "console=ttyS0 agent.server_addr=vsock://-1:2048 agent.log=debug agent.debug_console agent.trace=true"},
+			want: Config{ServerAddr: "vsock://-1:2048", LogLevel: slog.LevelDebug, DebugConsole: true, Attestation: "none"},
+		},
+		{
+			name: "cocoon keys win over agent keys",
+			src:  Sources{Cmdline: "cocoon.server_addr=unix:///run/a.sock agent.server_addr=vsock://-1:2048 cocoon.attestation=simulated cocoon.sim_host_data=" + hostData + " cocoon.sim_measurement=" + meas + " cocoon.kbs_url=http://127.0.0.1:8080"},
+			want: Config{ServerAddr: "unix:///run/a.sock", LogLevel: slog.LevelInfo, Attestation: "simulated",
+				SimHostData: mustHex(hostData), SimMeasurement: mustHex(meas), KBSURL: "http://127.0.0.1:8080"},
+		},
+		{
+			name: "file then cmdline then env",
+			src: Sources{
+				File:    []byte("server_addr = \"unix:///file.sock\"\nlog_level = \"warn\"\nattestation = \"snp\"\ndebug_console = true\n"),
+				Cmdline: "cocoon.server_addr=unix:///cmdline.sock",
+				Getenv:  env(map[string]string{"KATA_AGENT_SERVER_ADDR": "unix:///kata.sock", "COCOON_AGENT_SERVER_ADDR": "unix:///cocoon.sock"}),
+			},
+			want: Config{ServerAddr: "unix:///cocoon.sock", LogLevel: slog.LevelWarn, Attestation: "snp", DebugConsole: true},
+		},
+		{
+			name: "kata env alone",
+			src:  Sources{Getenv: env(map[string]string{"KATA_AGENT_SERVER_ADDR": "unix:///kata.sock"})},
+			want: Config{ServerAddr: "unix:///kata.sock", LogLevel: slog.LevelInfo, Attestation: "none"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse(tt.src)
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		src  Sources
+	}{
+		{"bad address", Sources{Cmdline: "agent.server_addr=tcp://1.2.3.4:1"}},
+		{"bad level", Sources{Cmdline: "agent.log=loud"}},
+		{"bad attestation", Sources{Cmdline: "cocoon.attestation=tdx"}},
+		{"short host data", Sources{Cmdline: "cocoon.sim_host_data=abcd"}},
+		{"non-hex measurement", Sources{Cmdline: "cocoon.sim_measurement=" + strings.Repeat("zz", 48)}},
+		{"kbs scheme", Sources{Cmdline: "cocoon.kbs_url=file:///etc/passwd"}},
+		{"unknown file key", Sources{File: []byte("surprise = 1\n")}},
+		{"bad toml", Sources{File: []byte("server_addr = \n")}},
+		{"bad env address", Sources{Getenv: func(string) string { return "nowhere" }}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse(tt.src)
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Errorf("got %v, want an invalid-argument error", err)
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "agent.toml")
+	cmdline := filepath.Join(dir, "cmdline")
+	if err := os.WriteFile(cmdline, []byte("agent.log=error\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("COCOON_AGENT_SERVER_ADDR", "")
+	t.Setenv("KATA_AGENT_SERVER_ADDR", "")
+	got, err := Load(file, cmdline)
+	if err != nil {
+		t.Fatalf("Load without a file: %v", err)
+	}
+	if got.LogLevel != slog.LevelError {
+		t.Errorf("log level: got %v, want %v", got.LogLevel, slog.LevelError)
+	}
+	if err := os.WriteFile(file, make([]byte, maxFileBytes+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(file, cmdline); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("oversized file: got %v, want invalid argument", err)
+	}
+}
+
+func mustHex(s string) []byte {
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
