@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"io"
 	"os"
 	"path"
@@ -144,9 +145,9 @@ func (s *Sandbox) shareMounts(ctx context.Context, id string, in []*agentpb.Moun
 			s.log.Warn("bind mount not shared with a sandbox without a shared directory", "container_id", id, "destination", m.Destination)
 			continue
 		}
-		nm := *m
+		nm := proto.Clone(m).(*agentpb.Mount)
 		nm.Source = guest
-		out = append(out, &nm)
+		out = append(out, nm)
 	}
 	return out, nil
 }

@@ -18,8 +18,8 @@ import (
 
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 	"github.com/cocoon-containers/cocoon/shim/config"
-	"github.com/containerd/errdefs"
 	grpcerr "github.com/containerd/containerd/errdefs"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
 )
 
