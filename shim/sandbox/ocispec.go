@@ -92,7 +92,8 @@ func toAgentHooks(h *specs.Hooks) *agentpb.Hooks {
 		return out
 	}
 	return &agentpb.Hooks{
-		Prestart:        conv(h.Prestart), //nolint:staticcheck // carried for wire fidelity
+		//lint:ignore SA1019 the Kata wire format still carries prestart hooks
+		Prestart:        conv(h.Prestart),
 		Poststart:       conv(h.Poststart),
 		Poststop:        conv(h.Poststop),
 		CreateRuntime:   conv(h.CreateRuntime),
@@ -180,7 +181,8 @@ func ToAgentResources(r *specs.LinuxResources) *agentpb.LinuxResources {
 		am.Limit = derefI64(m.Limit)
 		am.Reservation = derefI64(m.Reservation)
 		am.Swap = derefI64(m.Swap)
-		am.Kernel = derefI64(m.Kernel) //nolint:staticcheck // carried for wire fidelity
+		//lint:ignore SA1019 the Kata wire format still carries kernel memory limits
+		am.Kernel = derefI64(m.Kernel)
 		am.KernelTCP = derefI64(m.KernelTCP)
 		if m.Swappiness != nil {
 			am.Swappiness = *m.Swappiness
