@@ -51,9 +51,14 @@ type Config struct {
 	// .deb, an Azure Linux .rpm, or an unpacked package tree.
 	Kernel      string `toml:"kernel"`
 	KernelCache string `toml:"kernel_cache"`
-	// Modules to carry; DefaultModules when empty. Dependencies come along.
+	// Modules to carry; DefaultModules when the key is absent, none when it
+	// is an empty list (a kernel with everything built in). Dependencies
+	// come along.
 	Modules         []string `toml:"modules"`
 	OptionalModules []string `toml:"optional_modules"`
+	// ModuleParams are written after a module's path in modules.load
+	// (e.g. {dm_verity = "require_signatures=0"}).
+	ModuleParams map[string]string `toml:"module_params"`
 	// DefaultPolicy is a Rego file; "allow-all" or "allow-only-setpolicy"
 	// name the embedded ones (allow-all when empty).
 	DefaultPolicy string `toml:"default_policy"`
@@ -65,7 +70,8 @@ type Config struct {
 	// SkipAgentCheck allows a non-agent /init (tests, hello-world inits).
 	SkipAgentCheck bool `toml:"skip_agent_check"`
 
-	dir string // directory relative paths resolve against
+	dir        string // directory relative paths resolve against
+	modulesSet bool   // the modules key was given (possibly empty)
 }
 
 // VerityConfig asks for a root filesystem image with a dm-verity tree.
@@ -89,6 +95,7 @@ func LoadConfig(p string) (*Config, error) {
 		return nil, fmt.Errorf("build config %s: unknown keys %v", p, un)
 	}
 	c.dir = filepath.Dir(p)
+	c.modulesSet = md.IsDefined("modules")
 	return &c, nil
 }
 
@@ -160,6 +167,8 @@ func Build(ctx context.Context, c *Config, outDir string, progress io.Writer) (*
 		if err := kernel.CheckConfig(k.Config, RequiredKernelConfig); err != nil {
 			return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
 		}
+	} else {
+		fmt.Fprintf(progress, "kernel %s comes without its config: required options not checked\n", k.Version)
 	}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return nil, err
@@ -311,44 +320,58 @@ func (c *Config) policy() ([]byte, string, error) {
 	return b, filepath.Base(c.DefaultPolicy), nil
 }
 
-// addModules copies the resolved modules into the archive under
-// /lib/modules/<version>/ and writes the load list.
+// addModules copies the resolved modules, decompressed, into the archive
+// under /lib/modules/<version>/ and writes the load list.
 func (c *Config) addModules(arc *cpio.Archive, k *kernel.Kernel, m *Manifest) ([]string, error) {
-	idx, err := kmod.Load(k.ModulesDir)
-	if err != nil {
-		return nil, err
-	}
 	names := c.Modules
 	opt := c.OptionalModules
-	if len(names) == 0 {
+	if len(names) == 0 && !c.modulesSet {
 		names, opt = DefaultModules, append(opt, DefaultOptionalModules...)
 	}
-	optional := map[string]bool{}
-	for _, o := range opt {
-		optional[kmod.Name(o)] = true
-	}
-	files, err := idx.Resolve(names, optional)
-	if err != nil {
-		return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
+	params := map[string]string{}
+	for mod, p := range c.ModuleParams {
+		if strings.ContainsAny(p, "\n\r#") {
+			return nil, fmt.Errorf("module_params for %s: parameters must be one line without #", mod)
+		}
+		params[kmod.Name(mod)] = strings.TrimSpace(p)
 	}
 	var load strings.Builder
 	load.WriteString("# kernel modules in load order, written by cocoon-rootfs\n")
 	var mods []string
-	for _, rel := range files {
-		b, err := os.ReadFile(filepath.Join(k.ModulesDir, rel))
+	if len(names) > 0 {
+		if k.ModulesDir == "" {
+			return nil, fmt.Errorf("kernel %s ships no modules: set modules = [] if it has everything built in", k.Version)
+		}
+		idx, err := kmod.Load(k.ModulesDir)
 		if err != nil {
-			return nil, fmt.Errorf("read module %s: %w", rel, err)
-		}
-		if !strings.HasSuffix(rel, ".ko") {
-			return nil, fmt.Errorf("module %s is compressed; the agent loads plain .ko files", rel)
-		}
-		inInitrd := path.Join("/lib/modules", k.Version, filepath.ToSlash(rel))
-		if err := arc.AddFile(inInitrd, 0o644, b); err != nil {
 			return nil, err
 		}
-		m.Inputs["module/"+kmod.Name(rel)] = digestOf(filepath.Base(rel), b)
-		load.WriteString(inInitrd + "\n")
-		mods = append(mods, kmod.Name(rel))
+		optional := map[string]bool{}
+		for _, o := range opt {
+			optional[kmod.Name(o)] = true
+		}
+		files, err := idx.Resolve(names, optional)
+		if err != nil {
+			return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
+		}
+		for _, rel := range files {
+			b, err := kmod.ReadModule(filepath.Join(k.ModulesDir, rel))
+			if err != nil {
+				return nil, fmt.Errorf("read module: %w", err)
+			}
+			name := kmod.Name(rel)
+			inInitrd := path.Join("/lib/modules", k.Version, filepath.ToSlash(kmod.PlainName(rel)))
+			if err := arc.AddFile(inInitrd, 0o644, b); err != nil {
+				return nil, err
+			}
+			m.Inputs["module/"+name] = digestOf(filepath.Base(rel), b)
+			load.WriteString(inInitrd)
+			if p := params[name]; p != "" {
+				load.WriteString(" " + p)
+			}
+			load.WriteString("\n")
+			mods = append(mods, name)
+		}
 	}
 	if err := arc.AddFile(modulesLoadPath, 0o644, []byte(load.String())); err != nil {
 		return nil, err

@@ -1,5 +1,6 @@
 // Package kernel fetches and unpacks guest kernels: Debian linux-image
-// packages (.deb, fetched with apt-get download) and Azure Linux kernel RPMs.
+// packages (.deb, fetched with apt-get download and unpacked with
+// dpkg-deb) and Azure Linux kernel RPMs (read in Go).
 package kernel
 
 import (
@@ -7,20 +8,25 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/cocoon-containers/cocoon/rootfs/cpio"
+	"github.com/cocoon-containers/cocoon/rootfs/rpm"
 )
 
 // Kernel is an unpacked kernel package.
 type Kernel struct {
 	Version    string // e.g. 6.1.0-57-amd64
 	Vmlinuz    string // path to the bootable image
-	Config     string // path to the build config (may be empty)
-	ModulesDir string // lib/modules/<version>
+	Config     string // path to the build config (empty when the package has none)
+	ModulesDir string // lib/modules/<version>; empty when the kernel ships no modules
 	Package    string // the package file it came from
 }
 
@@ -114,40 +120,93 @@ func UnpackDeb(ctx context.Context, deb, dir string, progress io.Writer) (*Kerne
 }
 
 // Find locates the kernel image, config and modules in an unpacked package
-// tree (boot/vmlinuz-<v>, boot/config-<v>, lib/modules/<v>; usr/lib/modules
-// is accepted too).
+// tree. It knows Debian's layout (boot/vmlinuz-<v>, boot/config-<v>,
+// lib/modules/<v>), Fedora's and Azure Linux's (lib/modules/<v>/vmlinuz,
+// usr/lib/modules) and Azure Linux's kernel-uvm (usr/share/cloud-hypervisor/
+// bzImage, everything built in, no modules). Paths are resolved inside root:
+// a symlink that leads out of the tree counts as missing.
 func Find(root string) (*Kernel, error) {
-	var modRoot string
-	for _, c := range []string{"lib/modules", "usr/lib/modules"} {
-		if st, err := os.Stat(filepath.Join(root, c)); err == nil && st.IsDir() {
-			modRoot = filepath.Join(root, c)
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return nil, fmt.Errorf("open kernel tree: %w", err)
+	}
+	defer r.Close()
+	isFile := func(rel string) bool {
+		st, err := r.Stat(rel)
+		return err == nil && st.Mode().IsRegular()
+	}
+	isDir := func(rel string) bool {
+		st, err := r.Stat(rel)
+		return err == nil && st.IsDir()
+	}
+	k := &Kernel{}
+	for _, base := range []string{"lib/modules", "usr/lib/modules"} {
+		ents, err := fs.ReadDir(r.FS(), base)
+		if err != nil {
+			continue
+		}
+		var versions []string
+		for _, e := range ents {
+			v := path.Join(base, e.Name())
+			// A version directory holds modules; kernel-uvm's
+			// lib/modules/kernel-uvm/vmlinux alone does not count.
+			if e.IsDir() && (isDir(path.Join(v, "kernel")) || isFile(path.Join(v, "modules.builtin")) || isFile(path.Join(v, "modules.dep"))) {
+				versions = append(versions, e.Name())
+			}
+		}
+		if len(versions) > 1 {
+			return nil, fmt.Errorf("several kernel versions under %s: %s", filepath.Join(root, base), strings.Join(versions, ", "))
+		}
+		if len(versions) == 1 {
+			k.Version = versions[0]
+			k.ModulesDir = filepath.Join(root, base, versions[0])
 			break
 		}
 	}
-	if modRoot == "" {
-		return nil, fmt.Errorf("no lib/modules in %s", root)
+	single := func(pattern string) string {
+		m, _ := fs.Glob(r.FS(), pattern)
+		var files []string
+		for _, f := range m {
+			if isFile(f) {
+				files = append(files, f)
+			}
+		}
+		if len(files) == 1 {
+			return files[0]
+		}
+		return ""
 	}
-	ents, err := os.ReadDir(modRoot)
-	if err != nil || len(ents) == 0 {
-		return nil, fmt.Errorf("no kernel version under %s", modRoot)
+	var images []string
+	if k.Version != "" {
+		images = append(images, "boot/vmlinuz-"+k.Version, path.Join(strings.TrimPrefix(k.ModulesDir, root+"/"), "vmlinuz"))
 	}
-	if len(ents) > 1 {
-		return nil, fmt.Errorf("several kernel versions under %s", modRoot)
-	}
-	v := ents[0].Name()
-	k := &Kernel{Version: v, ModulesDir: filepath.Join(modRoot, v)}
-	for _, c := range []string{filepath.Join(root, "boot/vmlinuz-"+v), filepath.Join(root, "boot/vmlinuz"), filepath.Join(modRoot, v, "vmlinuz")} {
-		if _, err := os.Stat(c); err == nil {
-			k.Vmlinuz = c
+	images = append(images, single("boot/vmlinuz-*"), "usr/share/cloud-hypervisor/bzImage", "boot/vmlinuz")
+	for _, c := range images {
+		if c != "" && isFile(c) {
+			k.Vmlinuz = filepath.Join(root, c)
 			break
 		}
 	}
 	if k.Vmlinuz == "" {
-		return nil, fmt.Errorf("no vmlinuz for kernel %s in %s", v, root)
+		return nil, fmt.Errorf("no kernel image (boot/vmlinuz-*, lib/modules/<version>/vmlinuz, usr/share/cloud-hypervisor/bzImage) in %s", root)
 	}
-	for _, c := range []string{filepath.Join(root, "boot/config-"+v), filepath.Join(modRoot, v, "config")} {
-		if _, err := os.Stat(c); err == nil {
-			k.Config = c
+	if k.Version == "" {
+		k.Version = strings.TrimPrefix(filepath.Base(k.Vmlinuz), "vmlinuz-")
+		if k.Version == filepath.Base(k.Vmlinuz) {
+			k.Version = ""
+		}
+	}
+	var configs []string
+	if k.Version != "" {
+		configs = append(configs, "boot/config-"+k.Version, "usr/src/linux-headers-"+k.Version+"/.config")
+		if k.ModulesDir != "" {
+			configs = append(configs, path.Join(strings.TrimPrefix(k.ModulesDir, root+"/"), "config"))
+		}
+	}
+	configs = append(configs, single("boot/config-*"))
+	for _, c := range configs {
+		if c != "" && isFile(c) {
+			k.Config = filepath.Join(root, c)
 			break
 		}
 	}
@@ -181,49 +240,70 @@ func CheckConfig(configPath string, options []string) error {
 	return nil
 }
 
-// UnpackRPM extracts an Azure Linux (or other RPM-based) kernel package into
-// dir with rpm2cpio and cpio (Debian packages rpm2cpio and cpio).
-func UnpackRPM(ctx context.Context, rpm, dir string, progress io.Writer) (*Kernel, error) {
-	if k, err := Find(dir); err == nil {
-		k.Package = rpm
+// UnpackRPM extracts an Azure Linux (or other RPM-based) kernel package
+// into dir (reused when already there) with the Go RPM and cpio readers: no
+// rpm tools are needed, and nothing in the package can write outside dir.
+func UnpackRPM(ctx context.Context, pkg, dir string, progress io.Writer) (*Kernel, error) {
+	f, err := os.Open(pkg)
+	if err != nil {
+		return nil, fmt.Errorf("open kernel package: %w", err)
+	}
+	defer f.Close()
+	p, err := rpm.Open(f)
+	if err != nil {
+		return nil, fmt.Errorf("kernel package %s: %w", pkg, err)
+	}
+	found := func() (*Kernel, error) {
+		k, err := Find(dir)
+		if err != nil {
+			return nil, err
+		}
+		k.Package = pkg
+		if k.Version == "" {
+			k.Version = p.Version + "-" + p.Release
+		}
+		return k, nil
+	}
+	if k, err := found(); err == nil {
 		return k, nil
 	}
 	if progress != nil {
-		fmt.Fprintf(progress, "unpacking %s\n", filepath.Base(rpm))
+		fmt.Fprintf(progress, "unpacking %s\n", filepath.Base(pkg))
 	}
+	payload, err := p.Payload()
+	if err != nil {
+		return nil, fmt.Errorf("kernel package %s: %w", pkg, err)
+	}
+	defer payload.Close()
 	tmp := dir + ".tmp"
 	os.RemoveAll(tmp)
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return nil, err
 	}
-	r2c := exec.CommandContext(ctx, "rpm2cpio", rpm)
-	cp := exec.CommandContext(ctx, "cpio", "-i", "-d", "-m", "--quiet", "--no-absolute-filenames")
-	cp.Dir = tmp
-	pipe, err := r2c.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	cp.Stdin = pipe
-	var errb strings.Builder
-	r2c.Stderr, cp.Stderr = &errb, &errb
-	if err := r2c.Start(); err != nil {
+	if err := cpio.Extract(ctxReader{ctx, payload}, tmp); err != nil {
 		os.RemoveAll(tmp)
-		return nil, fmt.Errorf("rpm2cpio %s: %w", rpm, err)
-	}
-	cerr := cp.Run()
-	rerr := r2c.Wait()
-	if cerr != nil || rerr != nil {
-		os.RemoveAll(tmp)
-		return nil, fmt.Errorf("unpack %s: %v %v: %s", rpm, rerr, cerr, errb.String())
+		return nil, fmt.Errorf("unpack %s: %w", pkg, err)
 	}
 	os.RemoveAll(dir)
 	if err := os.Rename(tmp, dir); err != nil {
 		return nil, err
 	}
-	k, err := Find(dir)
+	k, err := found()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("kernel package %s-%s-%s: %w", p.Name, p.Version, p.Release, err)
 	}
-	k.Package = rpm
 	return k, nil
+}
+
+// ctxReader stops a long extraction when ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(b []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(b)
 }

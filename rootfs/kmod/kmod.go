@@ -7,6 +7,7 @@ package kmod
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"debug/elf"
 	"errors"
 	"fmt"
@@ -16,6 +17,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 )
 
 // ErrNotFound names a module the kernel does not have.
@@ -98,7 +102,7 @@ func Load(dir string) (*Index, error) {
 			if err != nil {
 				return err
 			}
-			if d.IsDir() || !strings.HasSuffix(p, ".ko") {
+			if d.IsDir() || !IsModule(p) {
 				return nil
 			}
 			rel, _ := filepath.Rel(dir, p)
@@ -130,22 +134,99 @@ func Load(dir string) (*Index, error) {
 	return idx, nil
 }
 
-// ReadModinfo returns the key=value pairs of a module's .modinfo section.
-func ReadModinfo(path string) (map[string]string, error) {
-	f, err := elf.Open(path)
+// Module file suffixes: plain and compressed (CONFIG_MODULE_COMPRESS_*).
+var moduleSuffixes = []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"}
+
+// IsModule reports whether a file name is a kernel module, compressed or not.
+func IsModule(p string) bool {
+	for _, s := range moduleSuffixes {
+		if strings.HasSuffix(p, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// PlainName turns a module file name into the uncompressed one (x.ko.xz → x.ko).
+func PlainName(p string) string {
+	for _, s := range moduleSuffixes[1:] {
+		if strings.HasSuffix(p, s) {
+			return strings.TrimSuffix(p, s) + ".ko"
+		}
+	}
+	return p
+}
+
+// ReadModule returns a module's ELF image, decompressing .ko.xz, .ko.zst and
+// .ko.gz files, so that the guest can finit_module it without
+// MODULE_INIT_COMPRESSED_FILE support.
+func ReadModule(p string) ([]byte, error) {
+	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	var r io.Reader = f
+	switch {
+	case strings.HasSuffix(p, ".ko.xz"):
+		xr, err := xz.NewReader(f)
+		if err != nil {
+			return nil, fmt.Errorf("module %s: %w", p, err)
+		}
+		r = xr
+	case strings.HasSuffix(p, ".ko.zst"):
+		zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, fmt.Errorf("module %s: %w", p, err)
+		}
+		defer zr.Close()
+		r = zr
+	case strings.HasSuffix(p, ".ko.gz"):
+		gr, err := gzip.NewReader(f)
+		if err != nil {
+			return nil, fmt.Errorf("module %s: %w", p, err)
+		}
+		r = gr
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", p, err)
+	}
+	if len(b) < 4 || string(b[:4]) != "\x7fELF" {
+		return nil, fmt.Errorf("module %s is not an ELF object", p)
+	}
+	return b, nil
+}
+
+// ReadModinfo returns the key=value pairs of a module's .modinfo section.
+func ReadModinfo(path string) (map[string]string, error) {
+	var f *elf.File
+	if strings.HasSuffix(path, ".ko") {
+		// Plain modules: read the section only, not the whole file.
+		ef, err := elf.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer ef.Close()
+		f = ef
+	} else {
+		b, err := ReadModule(path)
+		if err != nil {
+			return nil, err
+		}
+		if f, err = elf.NewFile(bytes.NewReader(b)); err != nil {
+			return nil, err
+		}
+	}
 	s := f.Section(".modinfo")
 	if s == nil {
 		return nil, errors.New("no .modinfo section")
 	}
-	b, err := s.Data()
+	info, err := s.Data()
 	if err != nil {
 		return nil, err
 	}
-	return parseModinfo(b), nil
+	return parseModinfo(info), nil
 }
 
 func parseModinfo(b []byte) map[string]string {

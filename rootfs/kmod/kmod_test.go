@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/cocoon-containers/cocoon/rootfs/kernel/kerneltest"
+	"github.com/cocoon-containers/cocoon/rootfs/kmod/kmodtest"
 )
 
 func loadFake(t *testing.T) *Index {
@@ -123,4 +124,86 @@ func FuzzParseModulesDep(f *testing.F) {
 			idx.Resolve([]string{n}, nil) // must not panic or loop
 		}
 	})
+}
+
+// TestLoadCompressedModinfo indexes a modules directory without modules.dep
+// whose modules are compressed three ways, as Fedora and Azure Linux ship them.
+func TestLoadCompressedModinfo(t *testing.T) {
+	dir := t.TempDir()
+	mods := []struct{ path, name, deps string }{
+		{"kernel/drivers/virtio/virtio_ring.ko.xz", "virtio_ring", ""},
+		{"kernel/drivers/virtio/virtio.ko.zst", "virtio", "virtio_ring"},
+		{"kernel/drivers/char/virtio_console.ko.gz", "virtio_console", "virtio,virtio_ring"},
+		{"kernel/drivers/md/dm-verity.ko", "dm_verity", "dm-bufio"},
+		{"kernel/drivers/md/dm-bufio.ko.xz", "dm_bufio", ""},
+	}
+	for _, m := range mods {
+		p := filepath.Join(dir, m.path)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		var deps []string
+		if m.deps != "" {
+			deps = strings.Split(m.deps, ",")
+		}
+		ext := m.path[strings.Index(m.path, ".ko"):]
+		if err := os.WriteFile(p, kmodtest.Compress(ext, kmodtest.Module(m.name, deps...)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "kernel/not-a-module.txt"), []byte("x"), 0o644)
+	idx, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		mods []string
+		want string
+	}{
+		{[]string{"virtio_console"}, "kernel/drivers/virtio/virtio_ring.ko.xz kernel/drivers/virtio/virtio.ko.zst kernel/drivers/char/virtio_console.ko.gz"},
+		{[]string{"dm-verity"}, "kernel/drivers/md/dm-bufio.ko.xz kernel/drivers/md/dm-verity.ko"},
+	}
+	for _, tt := range tests {
+		got, err := idx.Resolve(tt.mods, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g := strings.Join(got, " "); g != tt.want {
+			t.Errorf("Resolve(%v) = %s, want %s", tt.mods, g, tt.want)
+		}
+	}
+	for _, m := range mods {
+		b, err := ReadModule(filepath.Join(dir, m.path))
+		if err != nil {
+			t.Fatalf("ReadModule(%s): %v", m.path, err)
+		}
+		if string(b[:4]) != "\x7fELF" {
+			t.Errorf("ReadModule(%s) is not an ELF object", m.path)
+		}
+	}
+}
+
+func TestReadModuleRejects(t *testing.T) {
+	dir := t.TempDir()
+	for name, data := range map[string][]byte{
+		"bad.ko.xz":  []byte("not xz"),
+		"bad.ko.zst": []byte("not zstd"),
+		"bad.ko.gz":  []byte("not gzip"),
+		"text.ko":    []byte("plain text"),
+		"text.ko.gz": kmodtest.Compress(".ko.gz", []byte("gzip, but not ELF")),
+	} {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, data, 0o644)
+		if _, err := ReadModule(p); err == nil {
+			t.Errorf("ReadModule(%s) succeeded, want an error", name)
+		}
+	}
+}
+
+func TestPlainName(t *testing.T) {
+	for in, want := range map[string]string{
+		"kernel/a.ko": "kernel/a.ko", "kernel/a.ko.xz": "kernel/a.ko", "a.ko.zst": "a.ko", "a.ko.gz": "a.ko",
+	} {
+		if got := PlainName(in); got != want {
+			t.Errorf("PlainName(%s) = %s, want %s", in, got, want)
+		}
+	}
 }
