@@ -12,6 +12,10 @@
 //
 // A Health.Check whose service is "poweroff" powers the VM off after the
 // reply.
+//
+// Under the process launcher (COCOON_AGENT_SERVER_ADDR set) it only serves
+// Health on that address, with HELLO_TOKEN as the token, and "poweroff"
+// exits.
 package main
 
 import (
@@ -31,6 +35,14 @@ import (
 )
 
 func main() {
+	if addr := os.Getenv("COCOON_AGENT_SERVER_ADDR"); addr != "" {
+		// Process launcher: no VM to set up, exit instead of powering off.
+		if err := serve(addr, os.Getenv("HELLO_TOKEN")); err != nil {
+			logf("fatal: %v", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		logf("fatal: %v", err)
 	}
@@ -64,7 +76,11 @@ func run() error {
 			return err
 		}
 	}
-	l, err := transport.Listen(context.Background(), "serial://agent.channel.0")
+	return serve("serial://agent.channel.0", args["hello.token"])
+}
+
+func serve(addr, token string) error {
+	l, err := transport.Listen(context.Background(), addr)
 	if err != nil {
 		return err
 	}
@@ -72,8 +88,8 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	agentpb.RegisterHealthService(srv, &health{version: "hello-" + args["hello.token"]})
-	logf("serving health on agent.channel.0")
+	agentpb.RegisterHealthService(srv, &health{version: "hello-" + token})
+	logf("serving health on %s", addr)
 	return srv.Serve(context.Background(), l)
 }
 
@@ -167,6 +183,9 @@ func (h *health) Check(_ context.Context, req *agentpb.CheckRequest) (*agentpb.H
 	if req.GetService() == "poweroff" {
 		go func() {
 			time.Sleep(100 * time.Millisecond)
+			if os.Getenv("COCOON_AGENT_SERVER_ADDR") != "" {
+				os.Exit(0)
+			}
 			unix.Sync()
 			unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 		}()

@@ -1,0 +1,282 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
+
+	"github.com/cocoon-containers/cocoon/hostvmm"
+	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
+	"github.com/cocoon-containers/cocoon/rpc/agentpb"
+)
+
+var (
+	buildOnce sync.Once
+	helloInit string
+	buildErr  error
+	buildDir  string
+)
+
+func hello(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if buildDir, buildErr = os.MkdirTemp("", "cocoon-process-test-"); buildErr == nil {
+			helloInit, buildErr = vmtest.BuildHelloInit(context.Background(), buildDir)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return helloInit
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "hp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+func start(t *testing.T, cfg hostvmm.Config) *sandbox {
+	t.Helper()
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Join(shortTempDir(t), "state")
+	}
+	cfg.ID = "proc-test"
+	cfg.AgentBinary = hello(t)
+	l := &Launcher{Env: []string{"HELLO_TOKEN=p1"}, StopTimeout: 5 * time.Second}
+	sb, err := l.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() { sb.Cleanup() })
+	return sb.(*sandbox)
+}
+
+func version(t *testing.T, sb hostvmm.Sandbox, service string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := sb.DialAgent(ctx)
+	if err != nil {
+		b, _ := os.ReadFile(sb.ConsoleLog())
+		t.Fatalf("dial agent: %v (console: %s)", err, b)
+	}
+	c := ttrpc.NewClient(conn)
+	defer c.Close()
+	h := agentpb.NewHealthClient(c)
+	v, err := h.Version(ctx, &agentpb.CheckRequest{})
+	if err != nil {
+		t.Fatalf("Health.Version: %v", err)
+	}
+	if service != "" {
+		if _, err := h.Check(ctx, &agentpb.CheckRequest{Service: service}); err != nil {
+			t.Fatalf("Health.Check: %v", err)
+		}
+	}
+	return v.AgentVersion
+}
+
+func nsLink(t *testing.T, pid, ns string) string {
+	t.Helper()
+	l, err := os.Readlink("/proc/" + pid + "/ns/" + ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// gone waits briefly for pid to disappear (the kernel tears down a PID
+// namespace asynchronously after its init dies).
+func gone(pid int) bool {
+	for i := 0; i < 100; i++ {
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
+func TestProcessSandbox(t *testing.T) {
+	vmtest.RequireRoot(t)
+	share := t.TempDir()
+	if err := os.WriteFile(filepath.Join(share, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(shortTempDir(t), "state")
+	sb := start(t, hostvmm.Config{StateDir: state,
+		SharedDirs: []hostvmm.SharedDir{{Tag: "ro", HostPath: share, ReadOnly: true}, {Tag: "rw", HostPath: share}}})
+	if got, want := version(t, sb, ""), "hello-p1"; got != want {
+		t.Fatalf("agent version = %q, want %q", got, want)
+	}
+	if got, want := sb.AgentAddr(), "unix://"+filepath.Join(state, "agent.sock"); got != want {
+		t.Errorf("agent addr = %q, want %q", got, want)
+	}
+	pid := sb.AgentPid()
+	if pid == 0 {
+		t.Fatal("no agent pid")
+	}
+	p := strconv.Itoa(pid)
+	for _, ns := range []string{"mnt", "pid", "uts", "ipc"} {
+		if got, host := nsLink(t, p, ns), nsLink(t, "self", ns); got == host {
+			t.Errorf("agent %s namespace = host's %s", ns, got)
+		}
+	}
+	if got, host := nsLink(t, p, "net"), nsLink(t, "self", "net"); got != host {
+		t.Errorf("agent net namespace %s, want the host's %s", got, host)
+	}
+	status, err := os.ReadFile("/proc/" + p + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(status), "NSpid:\t"+p+"\t1\n") {
+		t.Errorf("agent is not PID 1 of its namespace:\n%s", status)
+	}
+	mi, err := os.ReadFile("/proc/" + p + "/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounts := map[string]string{} // mount point -> options and fs type
+	for _, l := range strings.Split(string(mi), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 5 {
+			mounts[f[4]] = strings.Join(f[5:], " ")
+		}
+	}
+	for _, tt := range []struct{ point, want string }{
+		{"/run", "- tmpfs"},
+		{HostStateDir, "rw"},
+		{SharedRoot + "/ro", "ro"},
+		{SharedRoot + "/rw", "rw"},
+	} {
+		got, ok := mounts[tt.point]
+		if !ok || !strings.Contains(got, tt.want) {
+			t.Errorf("mount %s in the agent's namespace = %q (present %v), want %q", tt.point, got, ok, tt.want)
+		}
+	}
+	if _, ok := mounts["/run"]; ok {
+		if _, err := os.Stat("/proc/" + p + "/root" + SharedRoot + "/rw/f"); err != nil {
+			t.Errorf("shared file inside the namespace: %v", err)
+		}
+	}
+
+	// The agent exits by itself: reported, and cleanup leaves nothing.
+	version(t, sb, "poweroff")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e, err := sb.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := e.Reason, "exited with code 0"; got != want {
+		t.Errorf("exit = %q, want %q", got, want)
+	}
+	if !gone(pid) {
+		t.Errorf("agent pid %d alive after exit", pid)
+	}
+	if err := sb.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state dir after cleanup: %v, want removed", err)
+	}
+}
+
+func TestProcessStopAndKill(t *testing.T) {
+	vmtest.RequireRoot(t)
+	tests := []struct {
+		name       string
+		end        func(t *testing.T, sb *sandbox)
+		wantReason string
+	}{
+		{"stop", func(t *testing.T, sb *sandbox) {
+			for i := 0; i < 2; i++ {
+				if err := sb.Stop(context.Background()); err != nil {
+					t.Fatalf("stop #%d: %v", i+1, err)
+				}
+			}
+		}, "exited with code 2"},
+		{"kill -9 of the launcher's child", func(t *testing.T, sb *sandbox) {
+			if err := syscall.Kill(sb.proc.Pid(), syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}, "killed by signal 9"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			state := filepath.Join(shortTempDir(t), "state")
+			sb := start(t, hostvmm.Config{StateDir: state})
+			version(t, sb, "")
+			pid := sb.AgentPid()
+			tt.end(t, sb)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			e, err := sb.Wait(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Reason != tt.wantReason {
+				t.Errorf("exit = %q, want %q", e.Reason, tt.wantReason)
+			}
+			if !gone(pid) {
+				t.Errorf("agent pid %d alive after the end", pid)
+			}
+			if _, err := sb.DialAgent(ctx); !errors.Is(err, errdefs.ErrUnavailable) {
+				t.Errorf("dial after exit: %v, want unavailable", err)
+			}
+			if err := sb.Cleanup(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("state dir after cleanup: %v, want removed", err)
+			}
+		})
+	}
+}
+
+func TestProcessRefuses(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "agent")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		cfg  hostvmm.Config
+		want error
+	}{
+		{"snp", hostvmm.Config{ID: "a", StateDir: t.TempDir(), AgentBinary: bin, Confidential: hostvmm.ConfidentialSNP}, errdefs.ErrFailedPrecondition},
+		{"no agent", hostvmm.Config{ID: "a", StateDir: t.TempDir(), AgentBinary: "/nonexistent"}, errdefs.ErrInvalidArgument},
+		{"bad tag", hostvmm.Config{ID: "a", StateDir: t.TempDir(), AgentBinary: bin,
+			SharedDirs: []hostvmm.SharedDir{{Tag: "../x", HostPath: t.TempDir()}}}, errdefs.ErrInvalidArgument},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := (&Launcher{}).Start(context.Background(), tt.cfg)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Start error = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
