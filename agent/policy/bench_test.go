@@ -178,7 +178,7 @@ func inProcess(b *testing.B, text string) {
 	e := &Enforcer{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	e.cur.Store(p)
 	req := realisticCreate("c")
-	if d, err := p.decide(ctx, "CreateContainerRequest", Encode(req)); err != nil || !d.Allowed {
+	if d, err := p.decide(ctx, "CreateContainerRequest", mustEncode(req)); err != nil || !d.Allowed {
 		b.Fatalf("warm-up: %+v %v", d, err)
 	}
 	ds := make([]time.Duration, 0, b.N)
@@ -186,7 +186,7 @@ func inProcess(b *testing.B, text string) {
 	for i := 0; i < b.N; i++ {
 		req.ContainerId = "c" + strconv.Itoa(i)
 		start := time.Now()
-		err := e.check(ctx, "CreateContainerRequest", req)
+		err := e.check(ctx, p, "CreateContainerRequest", req)
 		ds = append(ds, time.Since(start))
 		if err != nil {
 			b.Fatalf("decision: %v", err)
@@ -215,7 +215,7 @@ func bareOPA(b *testing.B, text string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	in, err := ast.InterfaceToValue(Encode(realisticCreate("c")))
+	in, err := ast.InterfaceToValue(mustEncode(realisticCreate("c")))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -243,7 +243,7 @@ func server(b *testing.B, env string) {
 	if url == "" {
 		b.Skipf("%s not set (hack/bench/policy.sh starts the OPA server)", env)
 	}
-	body, _ := json.Marshal(map[string]any{"input": Encode(realisticCreate("c"))})
+	body, _ := json.Marshal(map[string]any{"input": mustEncode(realisticCreate("c"))})
 	client := &http.Client{Timeout: 10 * time.Second}
 	ds := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
@@ -279,14 +279,20 @@ func TestBigPolicyAllowsRealisticRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	req := realisticCreate("x")
-	d, err := p.decide(ctx, "CreateContainerRequest", Encode(req))
+	d, err := p.decide(ctx, "CreateContainerRequest", mustEncode(req))
 	if err != nil || !d.Allowed {
 		t.Fatalf("realistic request: %+v %v", d, err)
 	}
 	req.ContainerId = "y"
 	req.OCI.Process.Env = append(req.OCI.Process.Env, "LD_PRELOAD=/evil.so")
-	if d, err := p.decide(ctx, "CreateContainerRequest", Encode(req)); err != nil || d.Allowed {
+	d, err = p.decide(ctx, "CreateContainerRequest", mustEncode(req))
+	if err != nil || d.Allowed {
 		t.Fatalf("request with an extra env var: %+v %v", d, err)
+	}
+	// The function that rejected the request is named, the ones that
+	// accepted it for the matching container are not.
+	if got, want := strings.Join(d.FailingRules, ","), "allow_env"; got != want {
+		t.Errorf("failing rules = %s, want %s", got, want)
 	}
 	if n := len(bigPolicy()); n < 57*1024 {
 		t.Fatalf("big policy is %d bytes, want genpolicy-sized", n)

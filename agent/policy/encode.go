@@ -1,6 +1,10 @@
 package policy
 
 import (
+	"fmt"
+	"unicode/utf8"
+
+	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -11,12 +15,12 @@ import (
 // field names verbatim, a field named "type" becomes "type_", every field is
 // present, an unset message is null, enums are integers, 64-bit integers are
 // numbers, bytes are arrays of numbers, maps are objects and repeated
-// fields arrays.
-func Encode(m proto.Message) map[string]any {
+// fields arrays. CopyFileRequest is the exception: see encodeCopyFile.
+func Encode(m proto.Message) (map[string]any, error) {
 	if c, ok := m.(*agentpb.CopyFileRequest); ok {
 		return encodeCopyFile(c)
 	}
-	return encodeMessage(m.ProtoReflect())
+	return encodeMessage(m.ProtoReflect()), nil
 }
 
 func fieldName(fd protoreflect.FieldDescriptor) string {
@@ -93,34 +97,43 @@ func encodeValue(fd protoreflect.FieldDescriptor, v protoreflect.Value) any {
 	return nil
 }
 
-// File types in CopyFile policy input.
+// File types in CopyFile policy input, from the S_IFMT bits of file_mode.
 const (
+	FileTypeUnknown   = "Unknown"
 	FileTypeRegular   = "Regular"
 	FileTypeDirectory = "Directory"
 	FileTypeSymlink   = "Symlink"
 )
 
-// encodeCopyFile drops the file data: the policy sees what is written
-// where, not the bytes. A symlink's target (its data) is kept.
-func encodeCopyFile(c *agentpb.CopyFileRequest) map[string]any {
-	typ := FileTypeRegular
-	target := ""
+// encodeCopyFile builds the input the Kata agent gives the policy for
+// CopyFile: the file data is dropped (the policy sees what is written where,
+// not the bytes, and a large file never reaches the engine); a symlink's
+// data is its target and is kept as symlink_target, null for other types.
+// A symlink target that is not UTF-8 is refused, as upstream does.
+func encodeCopyFile(c *agentpb.CopyFileRequest) (map[string]any, error) {
+	typ := FileTypeUnknown
+	var target any
 	switch c.FileMode & 0o170000 {
+	case 0o100000:
+		typ = FileTypeRegular
 	case 0o040000:
 		typ = FileTypeDirectory
 	case 0o120000:
 		typ = FileTypeSymlink
+		if !utf8.Valid(c.Data) {
+			return nil, fmt.Errorf("copy file %q: symlink target is not UTF-8: %w", c.Path, errdefs.ErrInvalidArgument)
+		}
 		target = string(c.Data)
 	}
 	return map[string]any{
 		"path":           c.Path,
 		"file_type":      typ,
+		"symlink_target": target,
 		"file_size":      c.FileSize,
 		"file_mode":      int64(c.FileMode),
 		"dir_mode":       int64(c.DirMode),
 		"uid":            int64(c.Uid),
 		"gid":            int64(c.Gid),
 		"offset":         c.Offset,
-		"symlink_target": target,
-	}
+	}, nil
 }

@@ -10,15 +10,15 @@ import (
 
 // encodeAST builds the same input as Encode directly as an OPA value, so
 // evaluation skips the reflection-based conversion of a Go map.
-func encodeAST(m proto.Message) ast.Value {
+func encodeAST(m proto.Message) (ast.Value, error) {
 	if c, ok := m.(*agentpb.CopyFileRequest); ok {
-		v, err := ast.InterfaceToValue(encodeCopyFile(c))
+		in, err := encodeCopyFile(c)
 		if err != nil {
-			return ast.NewObject()
+			return nil, err
 		}
-		return v
+		return ast.InterfaceToValue(in)
 	}
-	return astMessage(m.ProtoReflect())
+	return astMessage(m.ProtoReflect()), nil
 }
 
 func astMessage(m protoreflect.Message) ast.Value {

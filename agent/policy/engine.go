@@ -41,6 +41,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/topdown"
 	"github.com/open-policy-agent/opa/v1/topdown/print"
 
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
@@ -311,6 +312,12 @@ func (p *compiled) decide(ctx context.Context, entry string, input any) (*Decisi
 	v, prints, err := p.eval(ctx, entry, input)
 	d.Prints = prints
 	if errors.Is(err, errUndefined) {
+		if p.failingAllowed {
+			// Upstream lets AllowRequestsFailingPolicy cover requests the
+			// policy does not define; the gate logs them as warnings.
+			d.FailingRules = []string{"undefined " + entry}
+			return d, nil
+		}
 		return nil, fmt.Errorf("policy has no rule or default for %s: %w", entry, errdefs.ErrInternal)
 	}
 	if err != nil {
@@ -351,10 +358,18 @@ func (p *compiled) decide(ctx context.Context, entry string, input any) (*Decisi
 	return d, nil
 }
 
-// failingRules evaluates the argument-less rules the entry's bodies use and
-// returns those that are false or undefined for this input.
+// maxFailingRules bounds the rule names reported for one denial.
+const maxFailingRules = 32
+
+// failingRules explains a denial. It combines two views: every
+// argument-less rule the entry's bodies use, evaluated on its own (so a
+// denial lists all unmet conditions, not just the first), and a traced
+// re-evaluation of the entry, which names the rules and functions that were
+// evaluated and never succeeded, and the "not r" conditions that failed
+// because r held. The entry itself and rules that succeeded at least once
+// are left out.
 func (p *compiled) failingRules(ctx context.Context, entry string, input any) []string {
-	var out []string
+	failing := map[string]bool{}
 	for _, rr := range p.refs[entry] {
 		v, _, err := p.eval(ctx, rr.name, input)
 		truthy := err == nil && v != false
@@ -363,11 +378,78 @@ func (p *compiled) failingRules(ctx context.Context, entry string, input any) []
 			if rr.negated {
 				name = "not " + name
 			}
-			out = append(out, name)
+			failing[name] = true
 		}
 	}
+	if q, err := p.query(ctx, entry); err == nil {
+		t := &ruleTracer{entered: map[string]bool{}, succeeded: map[string]bool{}, negations: map[string]bool{}}
+		in := rego.EvalInput(input)
+		if v, ok := input.(ast.Value); ok {
+			in = rego.EvalParsedInput(v)
+		}
+		// The outcome is already known; the trace is all that matters.
+		_, _ = q.Eval(ctx, in, rego.EvalQueryTracer(t), rego.EvalPrintHook(&printCollector{}))
+		for name := range t.entered {
+			if !t.succeeded[name] && name != entry {
+				failing[name] = true
+			}
+		}
+		for name := range t.negations {
+			failing["not "+name] = true
+		}
+	}
+	out := make([]string, 0, len(failing))
+	for name := range failing {
+		out = append(out, name)
+	}
 	sort.Strings(out)
+	if len(out) > maxFailingRules {
+		out = append(out[:maxFailingRules], "...")
+	}
 	return out
+}
+
+// ruleTracer records which policy rules were entered and which produced a
+// value, by rule name, without buffering the trace.
+type ruleTracer struct {
+	entered, succeeded, negations map[string]bool
+}
+
+func (*ruleTracer) Enabled() bool               { return true }
+func (*ruleTracer) Config() topdown.TraceConfig { return topdown.TraceConfig{} }
+func (t *ruleTracer) TraceEvent(ev topdown.Event) {
+	switch n := ev.Node.(type) {
+	case *ast.Rule:
+		name := ruleName(n)
+		if name == "" || n.Default {
+			return
+		}
+		switch ev.Op {
+		case topdown.EnterOp:
+			t.entered[name] = true
+		case topdown.ExitOp:
+			t.succeeded[name] = true
+		}
+	case *ast.Expr:
+		if ev.Op != topdown.FailOp || !n.Negated {
+			return
+		}
+		if term, ok := n.Terms.(*ast.Term); ok {
+			if ref, ok := term.Value.(ast.Ref); ok {
+				if name, ok := strings.CutPrefix(ref.String(), pkgPath+"."); ok && !strings.ContainsAny(name, ".[") {
+					t.negations[name] = true
+				}
+			}
+		}
+	}
+}
+
+// ruleName is a rule's name within package agent_policy.
+func ruleName(r *ast.Rule) string {
+	if r.Module == nil || r.Module.Package.Path.String() != pkgPath {
+		return ""
+	}
+	return r.Head.Name.String()
 }
 
 // maxOps bounds the state operations of one decision.

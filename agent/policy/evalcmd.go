@@ -14,13 +14,18 @@ import (
 // EvalCommand implements `cocoon-agent policy eval --policy FILE --request
 // FILE [--kind Entry]`: it evaluates one recorded request (the Kata JSON
 // input, as the agent logs it) and prints the decision, the policy's prints
-// and the rules that evaluated false. args exclude "policy eval".
+// and the rules that evaluated false. args exclude "policy"; a leading
+// "eval" is optional, so "cocoon-agent policy eval ..." and a separate
+// command that already consumed "eval" pass their arguments unchanged.
 func EvalCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("policy eval", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	policyPath := fs.String("policy", "", "Rego policy file (package agent_policy)")
 	requestPath := fs.String("request", "", "request as Kata policy input JSON")
 	kind := fs.String("kind", "CreateContainerRequest", "entry point: the request message name")
+	if len(args) > 0 && args[0] == "eval" {
+		args = args[1:]
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

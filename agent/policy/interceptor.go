@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -10,20 +11,31 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 )
 
 const servicePrefix = "/grpc.AgentService/"
 
-// entries maps each AgentService method to its policy entry point, the
-// request message name.
-var entries = func() map[string]string {
-	out := map[string]string{}
+// gate is what the interceptor knows about one AgentService method.
+type gate struct {
+	entry string                   // policy entry point: the request message name
+	input protoreflect.MessageType // the request message
+}
+
+// gates maps each AgentService method, from the descriptor, to its gate.
+var gates = func() map[string]gate {
+	out := map[string]gate{}
 	svc := agentpb.File_agent_proto.Services().ByName("AgentService")
 	for i := 0; i < svc.Methods().Len(); i++ {
 		m := svc.Methods().Get(i)
-		out[string(m.Name())] = string(m.Input().Name())
+		mt, err := protoregistry.GlobalTypes.FindMessageByName(m.Input().FullName())
+		if err != nil {
+			panic(fmt.Sprintf("agent policy: request type of %s is not registered: %v", m.Name(), err))
+		}
+		out[string(m.Name())] = gate{entry: string(m.Input().Name()), input: mt}
 	}
 	return out
 }()
@@ -34,37 +46,50 @@ func EntryPoint(fullMethod string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	e, ok := entries[name]
-	return e, ok
+	g, ok := gates[name]
+	return g.entry, ok
 }
 
 // UnaryInterceptor gates every /grpc.AgentService/ method; other services
-// (grpc.Health) pass. The request is checked as the handler decodes it, so
-// the handler never runs for a denied request.
+// (grpc.Health) pass. The interceptor decodes the request itself and checks
+// it before the handler runs, so a handler can never act on a request the
+// policy did not see; an unknown AgentService method is refused.
 func (e *Enforcer) UnaryInterceptor() ttrpc.UnaryServerInterceptor {
 	return func(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (interface{}, error) {
-		if !strings.HasPrefix(info.FullMethod, servicePrefix) {
+		name, ok := strings.CutPrefix(info.FullMethod, servicePrefix)
+		if !ok {
 			return method(ctx, unmarshal)
 		}
-		entry, ok := EntryPoint(info.FullMethod)
+		g, ok := gates[name]
 		if !ok {
 			return nil, status.Errorf(codes.Unimplemented, "unknown method %s", info.FullMethod)
 		}
-		return method(ctx, func(v interface{}) error {
-			if err := unmarshal(v); err != nil {
-				return err
+		p := e.cur.Load()
+		if p != nil {
+			// A policy whose entry is only a boolean default decides
+			// without the input: no decoding, no evaluation.
+			if allowed, ok := p.constant[g.entry]; ok && (allowed || !p.failingAllowed) {
+				if !allowed {
+					e.log.WarnContext(ctx, "request blocked by policy", "entry", g.entry, "failing_rules", []string{"default " + g.entry + " := false"})
+					return nil, status.Error(codes.PermissionDenied, g.entry+" is blocked by policy: ")
+				}
+				return method(ctx, unmarshal)
 			}
-			msg, ok := v.(proto.Message)
-			if !ok {
-				return status.Errorf(codes.Internal, "%s: request is not a protobuf message", entry)
-			}
-			return e.check(ctx, entry, msg)
-		})
+		}
+		req := g.input.New().Interface()
+		if err := unmarshal(req); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "decode %s: %v", g.entry, err)
+		}
+		if err := e.check(ctx, p, g.entry, req); err != nil {
+			return nil, err
+		}
+		return method(ctx, unmarshal)
 	}
 }
 
-func (e *Enforcer) check(ctx context.Context, entry string, msg proto.Message) error {
-	p := e.cur.Load()
+// check evaluates one decoded request against p (nil: no policy loaded)
+// and returns nil or the gRPC status to answer with.
+func (e *Enforcer) check(ctx context.Context, p *compiled, entry string, msg proto.Message) error {
 	if p == nil {
 		if entry == "SetPolicyRequest" {
 			return nil
@@ -72,14 +97,12 @@ func (e *Enforcer) check(ctx context.Context, entry string, msg proto.Message) e
 		e.log.WarnContext(ctx, "request refused: no policy loaded", "entry", entry)
 		return status.Errorf(codes.PermissionDenied, "%s is blocked by policy: %v", entry, ErrNoPolicy)
 	}
-	if allowed, ok := p.constant[entry]; ok && (allowed || !p.failingAllowed) {
-		if allowed {
-			return nil
-		}
-		e.log.WarnContext(ctx, "request blocked by policy", "entry", entry, "failing_rules", []string{"default " + entry + " := false"})
-		return status.Error(codes.PermissionDenied, entry+" is blocked by policy: ")
+	input, err := encodeAST(msg)
+	if err != nil {
+		e.log.WarnContext(ctx, "request refused: cannot build policy input", "entry", entry, "error", err)
+		return toStatus(err)
 	}
-	d, err := p.decide(ctx, entry, encodeAST(msg))
+	d, err := p.decide(ctx, entry, input)
 	if err != nil {
 		e.log.ErrorContext(ctx, "policy evaluation failed", "entry", entry, "error", err)
 		return toStatus(err)
@@ -92,7 +115,7 @@ func (e *Enforcer) check(ctx context.Context, entry string, msg proto.Message) e
 		return nil
 	}
 	e.log.WarnContext(ctx, "request blocked by policy", "entry", entry, "failing_rules", d.FailingRules, "prints", d.Prints)
-	msgText := entry + " is blocked by policy: " + strings.Join(d.Prints, "; ")
+	msgText := entry + " is blocked by policy: " + strings.Join(d.Prints, " ")
 	if p.explain && len(d.FailingRules) > 0 {
 		msgText += " (failing rules: " + strings.Join(d.FailingRules, ", ") + ")"
 	}
