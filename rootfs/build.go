@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path"
@@ -81,6 +82,14 @@ type VerityConfig struct {
 	Salt   string `toml:"salt"`   // hex; default: SHA-256 of the image
 	// UUID of the filesystem and the verity superblock (fixed default).
 	UUID string `toml:"uuid"`
+	// Cmdline picks the measured command-line fragment: "cocoon" (default,
+	// cocoon.rootfs_verity*= parameters the agent reads) or "dm-mod" (a
+	// dm-mod.create= table the kernel sets up itself, root=/dev/dm-0).
+	Cmdline string `toml:"cmdline"`
+	// DataDevice and HashDevice name the guest block devices in the
+	// dm-mod.create table (default /dev/vda and /dev/vdb).
+	DataDevice string `toml:"data_device"`
+	HashDevice string `toml:"hash_device"`
 }
 
 // LoadConfig reads a TOML build configuration; relative paths in it resolve
@@ -121,6 +130,7 @@ type Manifest struct {
 	Modules         []string          `json:"modules"`
 	Cmdline         string            `json:"cmdline"`
 	VerityCmdline   string            `json:"verity_cmdline,omitempty"`
+	VerityDMCreate  string            `json:"verity_dm_create,omitempty"`
 	ReferenceValues ReferenceValues   `json:"reference_values"`
 }
 
@@ -385,31 +395,44 @@ func (c *Config) buildVerity(ctx context.Context, outDir string, progress io.Wri
 	if st, err := os.Stat(src); err != nil || !st.IsDir() {
 		return "", "", fmt.Errorf("verity source %q is not a directory", v.Source)
 	}
+	fsType := orDefault(v.FS, "erofs")
+	if fsType != "erofs" && fsType != "ext4" {
+		return "", "", fmt.Errorf("verity fs %q: want erofs or ext4", v.FS)
+	}
+	cmdStyle := orDefault(v.Cmdline, "cocoon")
+	if cmdStyle != "cocoon" && cmdStyle != "dm-mod" {
+		return "", "", fmt.Errorf("verity cmdline %q: want cocoon or dm-mod", v.Cmdline)
+	}
+	dataDev, hashDev := orDefault(v.DataDevice, "/dev/vda"), orDefault(v.HashDevice, "/dev/vdb")
+	for _, d := range []string{dataDev, hashDev} {
+		if !strings.HasPrefix(d, "/dev/") || strings.ContainsAny(d, " ,\"\t\n") {
+			return "", "", fmt.Errorf("verity device %q: want a /dev path without spaces or commas", d)
+		}
+	}
 	uuid := v.UUID
 	if uuid == "" {
 		uuid = defaultVerityUID
 	}
+	var u [16]byte
+	ub, err := hex.DecodeString(strings.ReplaceAll(uuid, "-", ""))
+	if err != nil || len(ub) != 16 {
+		return "", "", fmt.Errorf("verity uuid %q is not a UUID", uuid)
+	}
+	copy(u[:], ub)
+	salt, err := hex.DecodeString(v.Salt)
+	if err != nil {
+		return "", "", fmt.Errorf("verity salt: %w", err)
+	}
 	img := filepath.Join(outDir, VerityImageFile)
 	os.Remove(img)
-	fmt.Fprintf(progress, "making %s image from %s\n", orDefault(v.FS, "erofs"), v.Source)
-	var cmd *exec.Cmd
-	switch v.FS {
-	case "", "erofs":
-		cmd = exec.CommandContext(ctx, "mkfs.erofs", "--quiet", "-T0", "-U"+uuid, "--all-root", img, src)
-	case "ext4":
-		size, err := dirSize(src)
-		if err != nil {
-			return "", "", err
+	fmt.Fprintf(progress, "making %s image from %s\n", fsType, v.Source)
+	if fsType == "erofs" {
+		cmd := exec.CommandContext(ctx, "mkfs.erofs", "--quiet", "-T0", "-U"+uuid, "--all-root", img, src)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", "", fmt.Errorf("mkfs.erofs: %w: %s", err, out)
 		}
-		mib := size/(1<<20)*2 + 16
-		cmd = exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-b", "4096", "-d", src, "-U", uuid,
-			"-E", "hash_seed="+uuid+",root_owner=0:0", "-O", "^has_journal,^metadata_csum_seed", img, fmt.Sprintf("%dM", mib))
-		cmd.Env = append(os.Environ(), "E2FSPROGS_FAKE_TIME=1")
-	default:
-		return "", "", fmt.Errorf("verity fs %q: want erofs or ext4", v.FS)
-	}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", "", fmt.Errorf("%s: %w: %s", cmd.Args[0], err, out)
+	} else if err := makeExt4(ctx, img, src, uuid); err != nil {
+		return "", "", err
 	}
 	// Pad the image to whole 4 KiB blocks.
 	st, err := os.Stat(img)
@@ -421,20 +444,10 @@ func (c *Config) buildVerity(ctx context.Context, outDir string, progress io.Wri
 			return "", "", err
 		}
 	}
-	salt, err := hex.DecodeString(v.Salt)
-	if err != nil {
-		return "", "", fmt.Errorf("verity salt: %w", err)
-	}
 	if len(salt) == 0 {
 		s := fileDigest(img)
 		salt, _ = hex.DecodeString(s.SHA256)
 	}
-	var u [16]byte
-	ub, err := hex.DecodeString(strings.ReplaceAll(uuid, "-", ""))
-	if err != nil || len(ub) != 16 {
-		return "", "", fmt.Errorf("verity uuid %q is not a UUID", uuid)
-	}
-	copy(u[:], ub)
 	fmt.Fprintln(progress, "computing dm-verity hash tree")
 	root, err := FormatFile(img, filepath.Join(outDir, VerityHashFile), verity.Params{Salt: salt, UUID: u})
 	if err != nil {
@@ -442,14 +455,76 @@ func (c *Config) buildVerity(ctx context.Context, outDir string, progress io.Wri
 	}
 	m.Outputs["verity_image"] = fileDigest(img)
 	m.Outputs["verity_hash"] = fileDigest(filepath.Join(outDir, VerityHashFile))
-	for _, k := range []string{"verity_image", "verity_hash"} {
-		d := m.Outputs[k]
-		d.Path = filepath.Base(d.Path)
-		m.Outputs[k] = d
+	rootHex, saltHex := hex.EncodeToString(root.RootHash), hex.EncodeToString(salt)
+	// The tree starts one hash block in, after veritysetup's superblock.
+	m.VerityDMCreate = fmt.Sprintf(`dm-mod.create="cocoon-rootfs,,,ro,0 %d verity 1 %s %s 4096 4096 %d 1 sha256 %s %s" root=/dev/dm-0 rootfstype=%s`,
+		root.DataBlocks*8, dataDev, hashDev, root.DataBlocks, rootHex, saltHex, fsType)
+	frag := fmt.Sprintf("cocoon.rootfs_verity=%s cocoon.rootfs_verity_salt=%s cocoon.rootfs_verity_blocks=%d cocoon.rootfs_fstype=%s",
+		rootHex, saltHex, root.DataBlocks, fsType)
+	if cmdStyle == "dm-mod" {
+		frag = m.VerityDMCreate
 	}
-	rootHex := hex.EncodeToString(root.RootHash)
-	frag := fmt.Sprintf("cocoon.rootfs_verity=%s cocoon.rootfs_verity_blocks=%d cocoon.rootfs_fstype=%s", rootHex, root.DataBlocks, orDefault(v.FS, "erofs"))
 	return rootHex, frag, nil
+}
+
+// makeExt4 packs src into an ext4 image that depends only on the tree's
+// names, contents and modes: fixed UUID and hash seed, fake creation time,
+// and every inode's owner and times reset with debugfs afterwards (mkfs.ext4
+// -d copies them from the source, and a ctime cannot be set in the source).
+func makeExt4(ctx context.Context, img, src, uuid string) error {
+	size, err := dirSize(src)
+	if err != nil {
+		return err
+	}
+	mib := size/(1<<20)*2 + 16
+	env := append(os.Environ(), "E2FSPROGS_FAKE_TIME=1")
+	mk := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-b", "4096", "-d", src, "-U", uuid,
+		"-E", "hash_seed="+uuid+",root_owner=0:0", "-O", "^has_journal,^metadata_csum_seed", img, fmt.Sprintf("%dM", mib))
+	mk.Env = env
+	if out, err := mk.CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.ext4: %w: %s", err, out)
+	}
+	var cmds strings.Builder
+	reset := func(p string) {
+		for _, f := range []string{"atime", "mtime", "ctime", "crtime", "uid", "gid"} {
+			fmt.Fprintf(&cmds, "sif \"%s\" %s 0\n", p, f)
+		}
+	}
+	reset("/")
+	reset("/lost+found")
+	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == src {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if strings.ContainsAny(rel, "\"\n\\") {
+			return fmt.Errorf("ext4 image: file name %q has a quote, backslash or newline", rel)
+		}
+		reset("/" + filepath.ToSlash(rel))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	cmdFile := img + ".debugfs"
+	if err := os.WriteFile(cmdFile, []byte(cmds.String()), 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(cmdFile)
+	dbg := exec.CommandContext(ctx, "debugfs", "-w", "-f", cmdFile, img)
+	dbg.Env = env
+	out, err := dbg.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("debugfs: %w: %s", err, out)
+	}
+	// debugfs exits 0 even when a command fails: besides its banner and
+	// the echoed commands, any line is an error.
+	for _, l := range strings.Split(string(out), "\n") {
+		if l != "" && !strings.HasPrefix(l, "debugfs ") && !strings.HasPrefix(l, "debugfs: sif ") {
+			return fmt.Errorf("debugfs: %s", l)
+		}
+	}
+	return nil
 }
 
 // FormatFile computes a hash tree for the file data into hash.
