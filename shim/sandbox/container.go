@@ -47,25 +47,21 @@ func (s *Sandbox) ContainerRequest(ctx context.Context, id, rootfs string, spec 
 	}()
 	ospec := toAgentSpec(spec)
 	constrainSpec(ospec)
-	switch {
-	case s.HostPaths():
-		ospec.Root.Path = rootfs
-	case s.sharedDir != "":
-		dst := filepath.Join(s.sharedDir, id, "rootfs")
+	if s.sharedDir == "" {
+		return nil, fmt.Errorf("container %s: a sandbox without a shared directory needs guest-pulled or block-device images: %w", id, errdefs.ErrNotImplemented)
+	}
+	dst := filepath.Join(s.sharedDir, id, "rootfs")
+	if !s.isShared(id, dst) {
 		if err := s.bindShare(id, rootfs, dst, false); err != nil {
 			return nil, fmt.Errorf("container %s: share rootfs: %w", id, err)
 		}
-		ospec.Root.Path = path.Join(GuestSharedDir, id, "rootfs")
-	default:
-		return nil, fmt.Errorf("container %s: a sandbox without a shared directory needs guest-pulled or block-device images: %w", id, errdefs.ErrNotImplemented)
 	}
-	if !s.HostPaths() {
-		mounts, err := s.shareMounts(ctx, id, ospec.Mounts)
-		if err != nil {
-			return nil, fmt.Errorf("container %s: %w", id, err)
-		}
-		ospec.Mounts = mounts
+	ospec.Root.Path = path.Join(s.guestShared(), id, "rootfs")
+	mounts, err := s.shareMounts(ctx, id, ospec.Mounts)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
+	ospec.Mounts = mounts
 	return &agentpb.CreateContainerRequest{
 		ContainerId: id,
 		ExecId:      id,
@@ -127,7 +123,7 @@ func (s *Sandbox) shareMounts(ctx context.Context, id string, in []*agentpb.Moun
 			return nil, err
 		}
 		name := fmt.Sprintf("%s-%s-%s", id, hex.EncodeToString(rnd[:]), filepath.Base(m.Source))
-		guest := path.Join(GuestSharedDir, name)
+		guest := path.Join(s.guestShared(), name)
 		switch {
 		case s.sharedDir != "" && fi.IsDir():
 			if err := s.bindShare(id, m.Source, filepath.Join(s.sharedDir, name), hasOpt(m.Options, "ro")); err != nil {
@@ -159,6 +155,18 @@ func isBind(m *agentpb.Mount) bool {
 func hasOpt(opts []string, o string) bool {
 	for _, x := range opts {
 		if x == o {
+			return true
+		}
+	}
+	return false
+}
+
+// isShared reports whether dst was already shared for container id.
+func (s *Sandbox) isShared(id, dst string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.shares[id] {
+		if p == dst {
 			return true
 		}
 	}

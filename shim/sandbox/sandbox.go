@@ -28,6 +28,9 @@ const (
 	GuestSharedDir = "/run/kata-containers/shared/containers/"
 	GuestShmDir    = "/run/kata-containers/sandbox/shm"
 	SharedFSTag    = "kataShared"
+	// processSharedDir is where the process launcher binds the shared
+	// directory in the agent's mount namespace.
+	processSharedDir = "/run/cocoon-shared/" + SharedFSTag + "/"
 	// shmSize is the sandbox's /dev/shm, as the Kata runtime sizes it.
 	shmSize = 64 << 20
 )
@@ -71,6 +74,11 @@ type Options struct {
 	Annotations map[string]string
 	Hostname    string
 	Logger      *slog.Logger
+	// ContainerID and Rootfs name the sandbox's own container and its host
+	// rootfs; it is shared before launch, since the process launcher's
+	// private mount namespace sees no mount made after it started.
+	ContainerID string
+	Rootfs      string
 }
 
 // Sandbox is a running pod VM with a connected agent.
@@ -97,9 +105,13 @@ func (s *Sandbox) Agent() agentpb.AgentServiceService { return s.agent }
 // Wait blocks until the VM is gone.
 func (s *Sandbox) Wait(ctx context.Context) error { return s.vm.Wait(ctx) }
 
-// HostPaths is true when the guest sees host paths as they are (process
-// launcher): rootfs and bind mounts are passed unchanged.
-func (s *Sandbox) HostPaths() bool { return s.cfg.Sandbox.Launcher == config.LauncherProcess }
+// guestShared is where the guest sees the shared directory.
+func (s *Sandbox) guestShared() string {
+	if s.cfg.Sandbox.Launcher == config.LauncherProcess {
+		return processSharedDir
+	}
+	return GuestSharedDir
+}
 
 // StateDir returns the per-sandbox state directory under the configured root.
 func StateDir(cfg config.Config, id string) string {
@@ -135,6 +147,11 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 	}
 	defer func() {
 		if retErr != nil {
+			s.mu.Lock()
+			for id := range s.shares {
+				_ = s.unshareLocked(id)
+			}
+			s.mu.Unlock()
 			_ = os.RemoveAll(s.stateDir)
 		}
 	}()
@@ -142,12 +159,20 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 	if pol != nil {
 		spec.HostData = pol.HostData
 	}
-	if opts.Config.Sandbox.SharedFS != config.SharedFSNone {
+	if opts.Config.Sandbox.SharedFS != config.SharedFSNone || opts.Config.Sandbox.Launcher == config.LauncherProcess {
 		s.sharedDir = filepath.Join(s.stateDir, "shared")
 		if err := os.MkdirAll(s.sharedDir, 0o700); err != nil {
 			return nil, fmt.Errorf("start sandbox %s: shared dir: %w", opts.ID, err)
 		}
 		spec.SharedDir = s.sharedDir
+		if opts.Rootfs != "" {
+			if err := ValidID(opts.ContainerID); err != nil {
+				return nil, fmt.Errorf("start sandbox %s: %w", opts.ID, err)
+			}
+			if err := s.bindShare(opts.ContainerID, opts.Rootfs, filepath.Join(s.sharedDir, opts.ContainerID, "rootfs"), false); err != nil {
+				return nil, fmt.Errorf("start sandbox %s: share rootfs: %w", opts.ID, err)
+			}
+		}
 	}
 	vm, err := opts.Launcher.Launch(ctx, spec)
 	if err != nil {

@@ -174,28 +174,37 @@ func testSpec(rootfs string, mounts ...specs.Mount) *specs.Spec {
 }
 
 func TestContainerRequestProcessMode(t *testing.T) {
+	shimtest.RequireRoot(t)
 	ctx := context.Background()
 	l := &shimtest.Launcher{}
-	sb, err := sandbox.Start(ctx, sandbox.Options{ID: "pod2", Config: testConfig(t, "process"), Launcher: l})
+	rootfs := t.TempDir()
+	os.WriteFile(filepath.Join(rootfs, "marker"), []byte("x"), 0o644)
+	sb, err := sandbox.Start(ctx, sandbox.Options{ID: "pod2", Config: testConfig(t, "process"), Launcher: l, ContainerID: "c1", Rootfs: rootfs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sb.Stop(ctx)
-	rootfs := t.TempDir()
+	shared := l.Spec("pod2").SharedDir
+	if _, err := os.Stat(filepath.Join(shared, "c1", "rootfs", "marker")); err != nil {
+		t.Errorf("rootfs shared before launch: %v", err)
+	}
+	if got, want := len(l.Agent("pod2").Requests()[0].Msg.(*agentpb.CreateSandboxRequest).Storages), 1; got != want {
+		t.Errorf("sandbox storages of a process sandbox: got %d, want %d (shm only)", got, want)
+	}
 	hosts := filepath.Join(t.TempDir(), "hosts")
 	os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644)
 	req, err := sb.ContainerRequest(ctx, "c1", rootfs, testSpec("rootfs", specs.Mount{Destination: "/etc/hosts", Source: hosts, Type: "bind", Options: []string{"rbind", "ro"}}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := req.OCI.Root.Path, rootfs; got != want {
-		t.Errorf("root path: got %q, want the host path %q", got, want)
+	if got, want := req.OCI.Root.Path, "/run/cocoon-shared/kataShared/c1/rootfs"; got != want {
+		t.Errorf("root path: got %q, want %q", got, want)
 	}
 	if got, want := req.ExecId, "c1"; got != want {
 		t.Errorf("exec id: got %q, want %q", got, want)
 	}
-	if got, want := req.OCI.Mounts[1].Source, hosts; got != want {
-		t.Errorf("bind source: got %q, want the host path %q", got, want)
+	if got := req.OCI.Mounts[1].Source; !strings.HasPrefix(got, "/run/cocoon-shared/kataShared/c1-") {
+		t.Errorf("bind source: got %q, want a copy in the shared dir", got)
 	}
 	if req.OCI.Hooks != nil {
 		t.Errorf("hooks: got %v, want none", req.OCI.Hooks)

@@ -262,7 +262,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, toGRPC(fmt.Errorf("create %s: %w", r.ID, err))
 	}
 	if role.IsSandbox {
-		if err := s.startSandbox(ctx, role.SandboxID, r.Bundle, spec, r.Options, log); err != nil {
+		if err := s.startSandbox(ctx, role.SandboxID, r.Bundle, c.rootfs, spec, r.Options); err != nil {
 			return nil, toGRPC(fmt.Errorf("create %s: %w", r.ID, err))
 		}
 	}
@@ -316,7 +316,7 @@ func (s *Service) mountRootfs(c *container, rootfs []*types.Mount) error {
 	return nil
 }
 
-func (s *Service) startSandbox(ctx context.Context, id, bundle string, spec *specs.Spec, opts *ptypes.Any, log *slog.Logger) error {
+func (s *Service) startSandbox(ctx context.Context, id, bundle, rootfs string, spec *specs.Spec, opts *ptypes.Any) error {
 	path, err := configPath(opts)
 	if err != nil {
 		return err
@@ -342,6 +342,8 @@ func (s *Service) startSandbox(ctx context.Context, id, bundle string, spec *spe
 		Annotations: spec.Annotations,
 		Hostname:    spec.Hostname,
 		Logger:      s.log,
+		ContainerID: id,
+		Rootfs:      rootfs,
 	})
 	if err != nil {
 		return err

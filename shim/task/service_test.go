@@ -171,6 +171,7 @@ func (e *env) wait(id, execID string) uint32 {
 }
 
 func TestRunOutputAndExitCode(t *testing.T) {
+	shimtest.RequireRoot(t)
 	tests := []struct {
 		name             string
 		script           string
@@ -222,6 +223,7 @@ func TestRunOutputAndExitCode(t *testing.T) {
 }
 
 func TestExecStdinKill(t *testing.T) {
+	shimtest.RequireRoot(t)
 	e := newEnv(t)
 	ctx := context.Background()
 	f := e.fifos("c1", false)
@@ -276,6 +278,7 @@ func TestExecStdinKill(t *testing.T) {
 }
 
 func TestPodTwoContainers(t *testing.T) {
+	shimtest.RequireRoot(t)
 	e := newEnv(t)
 	ctx := context.Background()
 	pf := e.fifos("pod", false)
@@ -372,6 +375,7 @@ func TestBadRequests(t *testing.T) {
 }
 
 func TestWaitHonoursContext(t *testing.T) {
+	shimtest.RequireRoot(t)
 	e := newEnv(t)
 	f := e.fifos("c1", false)
 	e.create("c1", []string{"/bin/sh", "-c", "exec sleep 1000"}, nil, f)
