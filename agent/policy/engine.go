@@ -131,38 +131,52 @@ type compiled struct {
 	refs           map[string][]ruleRef // entry -> rules its bodies use
 	queries        sync.Map             // entry -> *rego.PreparedEvalQuery
 	constant       map[string]bool      // entries that are only "default X := <bool>"
-	stateMu        sync.Mutex
+	// stateful: the policy reads data.pstate or an entry may return state
+	// ops; its decisions are then serialised by stateMu.
+	stateful bool
+	stateMu  sync.Mutex
 }
 
 var errUndefined = errors.New("undefined")
 
-func parseModule(text string) (*ast.Module, error) {
-	mod, errV1 := ast.ParseModuleWithOpts("policy.rego", text, ast.ParserOptions{RegoVersion: ast.RegoV1})
-	if errV1 == nil {
-		return mod, nil
+// compileText parses and compiles a policy as Rego v0 (with or without
+// future.keywords imports: what genpolicy emits and what the Kata agent's
+// engine assumes) and, when that fails, as Rego v1.
+func compileText(text string) (*ast.Compiler, error) {
+	var errs []string
+	for _, v := range []ast.RegoVersion{ast.RegoV0, ast.RegoV1} {
+		c, err := compileAs(text, v)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, fmt.Sprintf("as Rego %s: %v", v, err))
 	}
-	mod, errV0 := ast.ParseModuleWithOpts("policy.rego", text, ast.ParserOptions{RegoVersion: ast.RegoV0})
-	if errV0 == nil {
-		return mod, nil
+	return nil, fmt.Errorf("policy does not compile (%s): %w", strings.Join(errs, "; "), errdefs.ErrInvalidArgument)
+}
+
+func compileAs(text string, v ast.RegoVersion) (*ast.Compiler, error) {
+	mod, err := ast.ParseModuleWithOpts("policy.rego", text, ast.ParserOptions{RegoVersion: v})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("parse policy (as Rego v1: %v; as Rego v0: %v)", errV1, errV0)
+	if got := mod.Package.Path.String(); got != pkgPath {
+		return nil, fmt.Errorf("package is %s, want agent_policy", strings.TrimPrefix(got, "data."))
+	}
+	c := ast.NewCompiler().WithEnablePrintStatements(true)
+	c.Compile(map[string]*ast.Module{"policy.rego": mod})
+	if c.Failed() {
+		return nil, c.Errors
+	}
+	return c, nil
 }
 
 func compile(ctx context.Context, text string) (*compiled, error) {
 	if len(text) > MaxPolicySize {
 		return nil, fmt.Errorf("policy of %d bytes exceeds %d: %w", len(text), MaxPolicySize, errdefs.ErrInvalidArgument)
 	}
-	mod, err := parseModule(text)
+	c, err := compileText(text)
 	if err != nil {
-		return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	if got := mod.Package.Path.String(); got != pkgPath {
-		return nil, fmt.Errorf("policy package is %s, want agent_policy: %w", strings.TrimPrefix(got, "data."), errdefs.ErrInvalidArgument)
-	}
-	c := ast.NewCompiler().WithEnablePrintStatements(true)
-	c.Compile(map[string]*ast.Module{"policy.rego": mod})
-	if c.Failed() {
-		return nil, fmt.Errorf("compile policy: %v: %w", c.Errors, errdefs.ErrInvalidArgument)
+		return nil, err
 	}
 	sum := sha256.Sum256([]byte(text))
 	p := &compiled{
@@ -195,6 +209,7 @@ func compile(ctx context.Context, text string) (*compiled, error) {
 			}
 		}
 	}
+	p.stateful = isStateful(cm)
 	for _, r := range cm.Rules {
 		entry := r.Head.Name.String()
 		seen := map[ruleRef]bool{}
@@ -220,6 +235,33 @@ func compile(ctx context.Context, text string) (*compiled, error) {
 		p.explain = true
 	}
 	return p, nil
+}
+
+var pstateRef = ast.MustParseRef("data.pstate")
+
+// isStateful tells whether decisions of the policy can depend on or change
+// data.pstate: it refers to the state (or to all of data), or an entry
+// rule yields something other than a boolean constant (an object with ops).
+func isStateful(m *ast.Module) bool {
+	stateful := false
+	ast.WalkRefs(m, func(ref ast.Ref) bool {
+		if ref.HasPrefix(pstateRef) || ref.Equal(ast.DefaultRootRef) {
+			stateful = true
+		}
+		return stateful
+	})
+	for _, r := range m.Rules {
+		if _, ok := entryNames[r.Head.Name.String()]; !ok {
+			continue
+		}
+		if r.Head.Value == nil {
+			return true
+		}
+		if _, ok := r.Head.Value.Value.(ast.Boolean); !ok {
+			return true
+		}
+	}
+	return stateful
 }
 
 // evalConst evaluates a rule without input (e.g. AllowRequestsFailingPolicy).
@@ -308,6 +350,34 @@ func (e *Enforcer) Evaluate(ctx context.Context, entry string, input any) (*Deci
 }
 
 func (p *compiled) decide(ctx context.Context, entry string, input any) (*Decision, error) {
+	// A stateful policy decides one request at a time, as upstream does:
+	// two requests must not both pass on the same state and then both
+	// update it (two CreateContainer for one id).
+	if p.stateful {
+		p.stateMu.Lock()
+	}
+	d, ops, err := p.evalDecision(ctx, entry, input)
+	if err == nil && d.Allowed && len(ops) > 0 {
+		if err = p.applyState(ctx, ops, p.stateful); err != nil {
+			err = fmt.Errorf("%s: update policy state: %v: %w", entry, err, errdefs.ErrInternal)
+		} else {
+			d.StateOps = len(ops)
+		}
+	}
+	if p.stateful {
+		p.stateMu.Unlock()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !d.Allowed {
+		d.FailingRules = append(d.FailingRules, p.failingRules(ctx, entry, input)...)
+	}
+	return d, nil
+}
+
+// evalDecision evaluates entry and interprets its result.
+func (p *compiled) evalDecision(ctx context.Context, entry string, input any) (*Decision, []patchOp, error) {
 	d := &Decision{Entry: entry, Enforced: !p.failingAllowed}
 	v, prints, err := p.eval(ctx, entry, input)
 	d.Prints = prints
@@ -316,12 +386,12 @@ func (p *compiled) decide(ctx context.Context, entry string, input any) (*Decisi
 			// Upstream lets AllowRequestsFailingPolicy cover requests the
 			// policy does not define; the gate logs them as warnings.
 			d.FailingRules = []string{"undefined " + entry}
-			return d, nil
+			return d, nil, nil
 		}
-		return nil, fmt.Errorf("policy has no rule or default for %s: %w", entry, errdefs.ErrInternal)
+		return nil, nil, fmt.Errorf("policy has no rule or default for %s: %w", entry, errdefs.ErrInternal)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("evaluate %s: %v: %w", entry, err, errdefs.ErrInternal)
+		return nil, nil, fmt.Errorf("evaluate %s: %v: %w", entry, err, errdefs.ErrInternal)
 	}
 	var ops []patchOp
 	switch r := v.(type) {
@@ -330,7 +400,7 @@ func (p *compiled) decide(ctx context.Context, entry string, input any) (*Decisi
 	case map[string]any:
 		allowed, ok := r["allowed"].(bool)
 		if !ok {
-			return nil, fmt.Errorf("%s result has no boolean \"allowed\": %w", entry, errdefs.ErrInternal)
+			return nil, nil, fmt.Errorf("%s result has no boolean \"allowed\": %w", entry, errdefs.ErrInternal)
 		}
 		d.Allowed = allowed
 		if raw, ok := r["ops"]; ok && raw != nil {
@@ -339,23 +409,13 @@ func (p *compiled) decide(ctx context.Context, entry string, input any) (*Decisi
 				err = json.Unmarshal(b, &ops)
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s result: bad ops: %v: %w", entry, err, errdefs.ErrInternal)
+				return nil, nil, fmt.Errorf("%s result: bad ops: %v: %w", entry, err, errdefs.ErrInternal)
 			}
 		}
 	default:
-		return nil, fmt.Errorf("%s result is %T, want bool or object: %w", entry, v, errdefs.ErrInternal)
+		return nil, nil, fmt.Errorf("%s result is %T, want bool or object: %w", entry, v, errdefs.ErrInternal)
 	}
-	if !d.Allowed {
-		d.FailingRules = p.failingRules(ctx, entry, input)
-		return d, nil
-	}
-	if len(ops) > 0 {
-		if err := p.applyState(ctx, ops); err != nil {
-			return nil, fmt.Errorf("%s: update policy state: %v: %w", entry, err, errdefs.ErrInternal)
-		}
-		d.StateOps = len(ops)
-	}
-	return d, nil
+	return d, ops, nil
 }
 
 // maxFailingRules bounds the rule names reported for one denial.
@@ -455,12 +515,16 @@ func ruleName(r *ast.Rule) string {
 // maxOps bounds the state operations of one decision.
 const maxOps = 64
 
-func (p *compiled) applyState(ctx context.Context, ops []patchOp) error {
+// applyState writes ops to data.pstate in one transaction; locked tells
+// that the caller holds stateMu.
+func (p *compiled) applyState(ctx context.Context, ops []patchOp, locked bool) error {
 	if len(ops) > maxOps {
 		return fmt.Errorf("%d state operations exceed %d", len(ops), maxOps)
 	}
-	p.stateMu.Lock()
-	defer p.stateMu.Unlock()
+	if !locked {
+		p.stateMu.Lock()
+		defer p.stateMu.Unlock()
+	}
 	txn, err := p.store.NewTransaction(ctx, storage.WriteParams)
 	if err != nil {
 		return err

@@ -40,6 +40,15 @@ var gates = func() map[string]gate {
 	return out
 }()
 
+// entryNames are the policy entry points of all AgentService methods.
+var entryNames = func() map[string]bool {
+	out := map[string]bool{}
+	for _, g := range gates {
+		out[g.entry] = true
+	}
+	return out
+}()
+
 // EntryPoint returns the policy entry point of a full ttrpc method name.
 func EntryPoint(fullMethod string) (string, bool) {
 	name, ok := strings.CutPrefix(fullMethod, servicePrefix)

@@ -687,3 +687,86 @@ func FuzzLoadInitdata(f *testing.F) {
 		}
 	})
 }
+
+func TestStatefulDecisionsAreSerialised(t *testing.T) {
+	ctx := context.Background()
+	p, err := compile(ctx, readPolicy(t, "genpolicy-shaped.rego"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; round < 20; round++ {
+		id := fmt.Sprintf("c%d", round)
+		in := mustEncode(createReq(id, "registry.local/busybox:latest", "/bin/sh", "-c", "echo hello"))
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		allowed := 0
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d, err := p.decide(ctx, "CreateContainerRequest", in)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if d.Allowed {
+					mu.Lock()
+					allowed++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if allowed != 1 {
+			t.Fatalf("round %d: %d concurrent creates of %s allowed, want 1", round, allowed, id)
+		}
+	}
+}
+
+func TestStateful(t *testing.T) {
+	tests := []struct {
+		name, text string
+		want       bool
+	}{
+		{"allow-all", readPolicy(t, "allow-all.rego"), false},
+		{"deny-exec", readPolicy(t, "deny-exec.rego"), false},
+		{"genpolicy-shaped", readPolicy(t, "genpolicy-shaped.rego"), true},
+		{"reads state", "package agent_policy\n\nimport rego.v1\n\nStartContainerRequest if data.pstate[input.container_id]\n", true},
+		{"computed result", "package agent_policy\n\nimport rego.v1\n\nStartContainerRequest := r if r := {\"allowed\": true}\n", true},
+	}
+	for _, tt := range tests {
+		p, err := compile(context.Background(), tt.text)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if p.stateful != tt.want {
+			t.Errorf("%s: stateful = %v, want %v", tt.name, p.stateful, tt.want)
+		}
+	}
+}
+
+// TestRegoVersions: Rego v0 as genpolicy and older policies write it (with
+// and without future.keywords) and Rego v1 are all accepted.
+func TestRegoVersions(t *testing.T) {
+	tests := map[string]string{
+		"v0 plain":          "package agent_policy\n\ndefault CreateContainerRequest = false\n\nCreateContainerRequest {\n  input.container_id == \"ok\"\n}\n",
+		"v0 future":         "package agent_policy\n\nimport future.keywords.if\nimport future.keywords.in\n\ndefault CreateContainerRequest := false\n\nCreateContainerRequest if input.container_id in [\"ok\"]\n",
+		"v0 import input":   "package agent_policy\n\nimport input\n\ndefault CreateContainerRequest := false\n\nCreateContainerRequest {\n  input.container_id == \"ok\"\n}\n",
+		"v1 with rego.v1":   "package agent_policy\n\nimport rego.v1\n\ndefault CreateContainerRequest := false\n\nCreateContainerRequest if input.container_id == \"ok\"\n",
+		"v1 without import": "package agent_policy\n\ndefault CreateContainerRequest := false\n\nids contains \"ok\"\n\nCreateContainerRequest if input.container_id in ids\n",
+	}
+	ctx := context.Background()
+	for name, text := range tests {
+		p, err := compile(ctx, text)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		for id, want := range map[string]bool{"ok": true, "other": false} {
+			d, err := p.decide(ctx, "CreateContainerRequest", mustEncode(&agentpb.CreateContainerRequest{ContainerId: id}))
+			if err != nil || d.Allowed != want {
+				t.Errorf("%s: container %s: %+v %v, want allowed=%v", name, id, d, err, want)
+			}
+		}
+	}
+}
