@@ -50,7 +50,10 @@ type Config struct {
 	Agent string `toml:"agent"`
 	// Kernel is a Debian package name (fetched with apt-get download), a
 	// .deb, an Azure Linux .rpm, or an unpacked package tree.
-	Kernel      string `toml:"kernel"`
+	// Empty means Debian's linux-image-amd64.
+	Kernel string `toml:"kernel"`
+	// KernelCache holds downloaded and unpacked packages
+	// (DefaultKernelCache when empty).
 	KernelCache string `toml:"kernel_cache"`
 	// Modules to carry; DefaultModules when the key is absent, none when it
 	// is an empty list (a kernel with everything built in). Dependencies
@@ -143,16 +146,17 @@ type ReferenceValues struct {
 
 // Output names inside the output directory.
 const (
-	KernelFile       = "vmlinuz"
-	InitrdFile       = "cocoon-initrd.img"
-	VerityImageFile  = "rootfs.img"
-	VerityHashFile   = "rootfs.img.verity"
-	ManifestFile     = "manifest.json"
-	modulesLoadPath  = "etc/cocoon/modules.load"
-	policyPath       = "etc/cocoon/default-policy.rego"
-	agentConfigPath  = "etc/cocoon/agent.toml"
-	defaultCacheDir  = "/var/cache/cocoon/kernel"
-	defaultVerityUID = "c0c00000-0000-4000-8000-000000000001"
+	KernelFile      = "vmlinuz"
+	InitrdFile      = "cocoon-initrd.img"
+	VerityImageFile = "rootfs.img"
+	VerityHashFile  = "rootfs.img.verity"
+	ManifestFile    = "manifest.json"
+	modulesLoadPath = "etc/cocoon/modules.load"
+	policyPath      = "etc/cocoon/default-policy.rego"
+	agentConfigPath = "etc/cocoon/agent.toml"
+	// DefaultKernelCache keeps downloaded and unpacked kernel packages.
+	DefaultKernelCache = "/var/cache/cocoon/kernel"
+	defaultVerityUID   = "c0c00000-0000-4000-8000-000000000001"
 )
 
 // Build makes the image set in outDir. Progress lines go to progress.
@@ -160,8 +164,8 @@ func Build(ctx context.Context, c *Config, outDir string, progress io.Writer) (*
 	if progress == nil {
 		progress = io.Discard
 	}
-	if c.Agent == "" || c.Kernel == "" {
-		return nil, errors.New("build config needs agent and kernel")
+	if c.Agent == "" {
+		return nil, errors.New("build config names no agent binary")
 	}
 	agentPath := c.abs(c.Agent)
 	if !c.SkipAgentCheck {
@@ -298,22 +302,32 @@ func appendSpace(s string) string {
 
 func (c *Config) fetchKernel(ctx context.Context, progress io.Writer) (*kernel.Kernel, error) {
 	src := c.Kernel
-	cache := c.KernelCache
-	if cache == "" {
-		cache = defaultCacheDir
+	if src == "" {
+		src = kernel.DefaultPackage
+	} else if _, err := os.Stat(c.abs(src)); err == nil {
+		src = c.abs(src) // a file or tree, not a package name
 	}
+	cache := c.abs(c.KernelCache)
+	if cache == "" {
+		cache = DefaultKernelCache
+	}
+	return FetchKernel(ctx, src, cache, progress)
+}
+
+// FetchKernel returns an unpacked kernel from src: a Debian package name
+// (downloaded into cacheDir with apt-get download), a .deb, an RPM, or an
+// already unpacked tree. Packages are unpacked under cacheDir once.
+func FetchKernel(ctx context.Context, src, cacheDir string, progress io.Writer) (*kernel.Kernel, error) {
 	switch {
 	case strings.HasSuffix(src, ".deb"):
-		p := c.abs(src)
-		return kernel.UnpackDeb(ctx, p, filepath.Join(cache, strings.TrimSuffix(filepath.Base(p), ".deb")), progress)
+		return kernel.UnpackDeb(ctx, src, filepath.Join(cacheDir, strings.TrimSuffix(filepath.Base(src), ".deb")), progress)
 	case strings.HasSuffix(src, ".rpm"):
-		p := c.abs(src)
-		return kernel.UnpackRPM(ctx, p, filepath.Join(cache, strings.TrimSuffix(filepath.Base(p), ".rpm")), progress)
+		return kernel.UnpackRPM(ctx, src, filepath.Join(cacheDir, strings.TrimSuffix(filepath.Base(src), ".rpm")), progress)
 	}
-	if st, err := os.Stat(c.abs(src)); err == nil && st.IsDir() {
-		return kernel.Find(c.abs(src))
+	if st, err := os.Stat(src); err == nil && st.IsDir() {
+		return kernel.Find(src)
 	}
-	return kernel.FetchDebian(ctx, cache, src, progress)
+	return kernel.FetchDebian(ctx, cacheDir, src, progress)
 }
 
 func (c *Config) policy() ([]byte, string, error) {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/cocoon-containers/cocoon/rootfs"
@@ -20,8 +21,9 @@ import (
 const usage = `usage:
   cocoon-rootfs verity format DATA HASHFILE [--salt HEX] [--data-block-size N] [--hash-block-size N] [--uuid UUID]
   cocoon-rootfs verity verify DATA HASHFILE ROOTHASH
-  cocoon-rootfs build --config FILE --out DIR
-  cocoon-rootfs kernel fetch --out DIR [--package linux-image-amd64]`
+  cocoon-rootfs build --out DIR [--config FILE] [--agent FILE] [--kernel PKG|FILE|DIR] [--kernel-cache DIR]
+                     [--cmdline STRING] [--default-policy allow-all|allow-only-setpolicy|FILE]
+  cocoon-rootfs kernel fetch --out DIR [--package linux-image-amd64|FILE.deb|FILE.rpm]`
 
 // Run executes one command.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -139,46 +141,93 @@ func verityVerify(args []string, stdout io.Writer) error {
 
 func build(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("build", flag.ContinueOnError)
-	cfgPath := fs.String("config", "", "build configuration (TOML)")
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "build configuration (TOML); optional with --agent")
 	out := fs.String("out", "", "output directory")
+	agent := fs.String("agent", "", "agent binary (overrides the configuration)")
+	kern := fs.String("kernel", "", "kernel: Debian package name, .deb, .rpm or unpacked tree (default "+kernel.DefaultPackage+")")
+	cache := fs.String("kernel-cache", "", "kernel package cache (default "+rootfs.DefaultKernelCache+")")
+	cmdline := fs.String("cmdline", "", "base kernel command line the launcher passes (recorded and measured)")
+	policy := fs.String("default-policy", "", "allow-all, allow-only-setpolicy or a Rego file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *cfgPath == "" || *out == "" || fs.NArg() != 0 {
-		return errors.New("build takes --config FILE --out DIR")
+	if *out == "" || fs.NArg() != 0 || (*cfgPath == "" && *agent == "") {
+		return errors.New("build takes --out DIR and --config FILE or --agent FILE")
 	}
-	cfg, err := rootfs.LoadConfig(*cfgPath)
-	if err != nil {
-		return err
+	cfg := &rootfs.Config{}
+	if *cfgPath != "" {
+		var err error
+		if cfg, err = rootfs.LoadConfig(*cfgPath); err != nil {
+			return err
+		}
+	}
+	// Flags override the configuration; their paths are relative to the
+	// working directory, not to the configuration file.
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["agent"] {
+		cfg.Agent = absPath(*agent)
+	}
+	if set["kernel"] {
+		cfg.Kernel = pathIfExists(*kern)
+	}
+	if set["kernel-cache"] {
+		cfg.KernelCache = absPath(*cache)
+	}
+	if set["cmdline"] {
+		cfg.Cmdline = *cmdline
+	}
+	if set["default-policy"] {
+		cfg.DefaultPolicy = pathIfExists(*policy)
 	}
 	m, err := rootfs.Build(ctx, cfg, *out, stderr)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "kernel:                 %s\n", m.KernelVersion)
-	fmt.Fprintf(stdout, "initrd sha256:          %s\n", m.Outputs["initrd"].SHA256)
-	fmt.Fprintf(stdout, "simulated measurement:  %s\n", m.ReferenceValues.SimulatedMeasurement)
+	fmt.Fprintf(stdout, "kernel:                   %s\n", m.KernelVersion)
+	fmt.Fprintf(stdout, "vmlinuz:                  %s\n", filepath.Join(*out, rootfs.KernelFile))
+	fmt.Fprintf(stdout, "initrd:                   %s\n", filepath.Join(*out, rootfs.InitrdFile))
+	fmt.Fprintf(stdout, "initrd sha256:            %s\n", m.Outputs["initrd"].SHA256)
+	fmt.Fprintf(stdout, "simulated measurement:    %s\n", m.ReferenceValues.SimulatedMeasurement)
 	fmt.Fprintf(stdout, "default policy HOST_DATA: %s\n", m.ReferenceValues.DefaultPolicyHostData)
 	if m.ReferenceValues.VerityRootHash != "" {
-		fmt.Fprintf(stdout, "Root hash:              %s\n", m.ReferenceValues.VerityRootHash)
+		fmt.Fprintf(stdout, "Root hash:                %s\n", m.ReferenceValues.VerityRootHash)
 	}
 	return nil
 }
 
 func kernelFetch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("kernel fetch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	out := fs.String("out", "", "cache directory")
-	pkg := fs.String("package", kernel.DefaultPackage, "Debian kernel package")
+	pkg := fs.String("package", kernel.DefaultPackage, "Debian kernel package name, or a .deb or .rpm file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *out == "" {
-		return errors.New("kernel fetch takes --out DIR")
+	if *out == "" || fs.NArg() != 0 {
+		return errors.New("kernel fetch takes --out DIR [--package NAME|FILE]")
 	}
-	k, err := kernel.FetchDebian(ctx, *out, *pkg, stderr)
+	k, err := rootfs.FetchKernel(ctx, *pkg, *out, stderr)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "version: %s\nvmlinuz: %s\nmodules: %s\n", k.Version, k.Vmlinuz, k.ModulesDir)
+	fmt.Fprintf(stdout, "version: %s\nvmlinuz: %s\nconfig: %s\nmodules: %s\n", k.Version, k.Vmlinuz, k.Config, k.ModulesDir)
 	return nil
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}
+
+// pathIfExists makes p absolute when it names a file or directory; other
+// values (package and policy names) stay as they are.
+func pathIfExists(p string) string {
+	if _, err := os.Stat(p); err == nil {
+		return absPath(p)
+	}
+	return p
 }

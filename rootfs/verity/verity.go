@@ -311,6 +311,15 @@ func Verify(data, hash io.ReaderAt, rootHash []byte) error {
 	return nil
 }
 
+// HashDeviceSize is the size of the hash image Format wrote.
+func (r *Result) HashDeviceSize() int64 {
+	var sb int64
+	if !r.Params.NoSuperblock {
+		sb = int64(max(r.Params.HashBlockSize, superblockSize))
+	}
+	return sb + int64(r.HashBlocks)*int64(r.Params.HashBlockSize)
+}
+
 // Header formats the result like veritysetup format prints it.
 func (r *Result) Header(hashName string) string {
 	var b strings.Builder
@@ -328,6 +337,7 @@ func (r *Result) Header(hashName string) string {
 	}
 	fmt.Fprintf(&b, "Salt:            \t%s\n", salt)
 	fmt.Fprintf(&b, "Root hash:      \t%s\n", hex.EncodeToString(r.RootHash))
+	fmt.Fprintf(&b, "Hash device size: \t%d [bytes]\n", r.HashDeviceSize())
 	return b.String()
 }
 
