@@ -53,10 +53,12 @@ type Config struct {
 
 // Sandbox describes how a pod's VM is launched.
 type Sandbox struct {
-	Launcher     string `toml:"launcher"`
-	Kernel       string `toml:"kernel"`
-	Initrd       string `toml:"initrd"`
-	Image        string `toml:"image"`
+	Launcher string `toml:"launcher"`
+	Kernel   string `toml:"kernel"`
+	Initrd   string `toml:"initrd"`
+	Image    string `toml:"image"`
+	// IGVM is the image cloud-hypervisor boots an SNP guest from.
+	IGVM         string `toml:"igvm"`
 	VCPUs        int    `toml:"vcpus"`
 	MemoryMiB    int    `toml:"memory_mib"`
 	Confidential string `toml:"confidential"`
@@ -237,7 +239,7 @@ func (c Config) Validate() error {
 		return bad("sandbox.agent_dial_timeout %s: want 0..30m", s.AgentDialTimeout.Duration)
 	}
 	for key, p := range map[string]string{
-		"sandbox.kernel": s.Kernel, "sandbox.initrd": s.Initrd, "sandbox.image": s.Image,
+		"sandbox.kernel": s.Kernel, "sandbox.initrd": s.Initrd, "sandbox.image": s.Image, "sandbox.igvm": s.IGVM,
 		"sandbox.agent": s.Agent, "sandbox.state_dir": s.StateDir, "kbs.ca": c.KBS.CA,
 	} {
 		if p != "" && (!filepath.IsAbs(p) || filepath.Clean(p) != p) {

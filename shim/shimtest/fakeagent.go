@@ -39,6 +39,8 @@ type Agent struct {
 
 	// Chroot runs container processes inside OCI.Root.Path.
 	Chroot bool
+	// MapPath turns a guest path into the host path it stands for.
+	MapPath func(string) string
 	// Deny maps a method name to the error it returns, like a policy would.
 	Deny map[string]error
 
@@ -430,7 +432,11 @@ func (a *Agent) prepare(spec *agentpb.Spec, ps *agentpb.Process) (*fakeProc, err
 	cmd.Dir = ps.Cwd
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if a.Chroot && spec.Root != nil && spec.Root.Path != "" {
-		cmd.SysProcAttr.Chroot = spec.Root.Path
+		root := spec.Root.Path
+		if a.MapPath != nil {
+			root = a.MapPath(root)
+		}
+		cmd.SysProcAttr.Chroot = root
 		// exec.Command resolved the path on the host; resolve it in the root.
 		cmd.Path = ps.Args[0]
 		if cmd.Dir == "" {

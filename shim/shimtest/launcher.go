@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -49,6 +50,17 @@ func (l *Launcher) Launch(ctx context.Context, spec sandbox.LaunchSpec) (sandbox
 	}
 	a := NewAgent()
 	a.Chroot = l.Chroot
+	if spec.SharedDir != "" {
+		shared := spec.SharedDir
+		a.MapPath = func(p string) string {
+			for _, prefix := range []string{"/run/cocoon-shared/" + sandbox.SharedFSTag + "/", sandbox.GuestSharedDir} {
+				if rest, ok := strings.CutPrefix(p, prefix); ok {
+					return filepath.Join(shared, rest)
+				}
+			}
+			return p
+		}
+	}
 	if l.Configure != nil {
 		l.Configure(spec.ID, a)
 	}
