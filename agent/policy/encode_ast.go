@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"sync"
+
 	"github.com/open-policy-agent/opa/v1/ast"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -21,12 +23,30 @@ func encodeAST(m proto.Message) (ast.Value, error) {
 	return astMessage(m.ProtoReflect()), nil
 }
 
+// fieldKeys caches, per message type, the input keys of its fields; the
+// terms are shared by all inputs and never modified.
+var fieldKeys sync.Map // protoreflect.FullName -> []*ast.Term
+
+func keysOf(md protoreflect.MessageDescriptor) []*ast.Term {
+	if k, ok := fieldKeys.Load(md.FullName()); ok {
+		return k.([]*ast.Term)
+	}
+	fields := md.Fields()
+	keys := make([]*ast.Term, fields.Len())
+	for i := range keys {
+		keys[i] = ast.StringTerm(fieldName(fields.Get(i)))
+	}
+	fieldKeys.Store(md.FullName(), keys)
+	return keys
+}
+
 func astMessage(m protoreflect.Message) ast.Value {
 	fields := m.Descriptor().Fields()
+	keys := keysOf(m.Descriptor())
 	terms := make([][2]*ast.Term, 0, fields.Len())
 	for i := 0; i < fields.Len(); i++ {
 		fd := fields.Get(i)
-		key := ast.StringTerm(fieldName(fd))
+		key := keys[i]
 		var val *ast.Term
 		switch {
 		case fd.IsMap():
