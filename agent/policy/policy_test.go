@@ -770,3 +770,36 @@ func TestRegoVersions(t *testing.T) {
 		}
 	}
 }
+
+// TestImagePolicies checks the default policies the image builder ships
+// (rootfs/policies) against this engine: every entry point is decided, the
+// development policy allows all, the confidential one only SetPolicy.
+func TestImagePolicies(t *testing.T) {
+	ctx := context.Background()
+	for file, allowed := range map[string]func(string) bool{
+		"allow-all.rego":            func(string) bool { return true },
+		"allow-only-setpolicy.rego": func(e string) bool { return e == "SetPolicyRequest" },
+	} {
+		text, err := os.ReadFile(filepath.Join("..", "..", "rootfs", "policies", file))
+		if errors.Is(err, os.ErrNotExist) {
+			t.Skipf("rootfs/policies/%s is not in this tree", file)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := compile(ctx, string(text))
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		for entry := range entryNames {
+			d, err := p.decide(ctx, entry, map[string]any{})
+			if err != nil {
+				t.Errorf("%s: %s: %v", file, entry, err)
+				continue
+			}
+			if want := allowed(entry); d.Allowed != want {
+				t.Errorf("%s: %s allowed = %v, want %v", file, entry, d.Allowed, want)
+			}
+		}
+	}
+}
