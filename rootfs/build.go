@@ -235,13 +235,11 @@ func Build(ctx context.Context, c *Config, outDir string, progress io.Writer) (*
 	m.Modules = mods
 
 	fmt.Fprintln(progress, "writing initrd")
-	var raw bytes.Buffer
-	if _, err := arc.WriteTo(&raw); err != nil {
-		return nil, err
-	}
+	// gzip's default level: -9 takes eight times longer here for 0.2%
+	// less. The header carries no name and no time (reproducible).
 	var gz bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestCompression)
-	if _, err := zw.Write(raw.Bytes()); err != nil {
+	zw := gzip.NewWriter(&gz)
+	if _, err := arc.WriteTo(zw); err != nil {
 		return nil, err
 	}
 	if err := zw.Close(); err != nil {

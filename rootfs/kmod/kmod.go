@@ -29,10 +29,16 @@ var ErrNotFound = errors.New("kernel module not found")
 type Index struct {
 	// Path of each module relative to the modules directory.
 	Path map[string]string
-	// Deps lists each module's direct (or, from modules.dep, transitive) dependencies.
+	// Deps lists each module's direct (or, from modules.dep, transitive)
+	// dependencies; without modules.dep Resolve fills it as it goes.
 	Deps map[string][]string
 	// Builtin names modules compiled into the kernel.
 	Builtin map[string]bool
+
+	// dir is set when Deps are read from .modinfo, one module at a time,
+	// the first time Resolve needs them.
+	dir    string
+	loaded map[string]bool
 }
 
 // Name normalizes a module name: dashes become underscores, the extension goes.
@@ -97,7 +103,9 @@ func Load(dir string) (*Index, error) {
 			return nil, err
 		}
 	} else {
-		idx = &Index{Path: map[string]string{}, Deps: map[string][]string{}, Builtin: map[string]bool{}}
+		// Names come from file names (the kernel build names a module
+		// after its file); dependencies from .modinfo when needed.
+		idx = &Index{Path: map[string]string{}, Deps: map[string][]string{}, Builtin: map[string]bool{}, dir: dir, loaded: map[string]bool{}}
 		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
@@ -106,20 +114,11 @@ func Load(dir string) (*Index, error) {
 				return nil
 			}
 			rel, _ := filepath.Rel(dir, p)
-			info, err := ReadModinfo(p)
-			if err != nil {
-				return fmt.Errorf("module %s: %w", rel, err)
+			name := Name(p)
+			if old, dup := idx.Path[name]; dup {
+				return fmt.Errorf("module %s found twice: %s and %s", name, old, rel)
 			}
-			name := info["name"]
-			if name == "" {
-				name = Name(p)
-			}
-			idx.Path[Name(name)] = rel
-			for _, dep := range strings.Split(info["depends"], ",") {
-				if dep = strings.TrimSpace(dep); dep != "" {
-					idx.Deps[Name(name)] = append(idx.Deps[Name(name)], Name(dep))
-				}
-			}
+			idx.Path[name] = rel
 			return nil
 		})
 		if err != nil {
@@ -243,6 +242,28 @@ func parseModinfo(b []byte) map[string]string {
 	return out
 }
 
+// readDeps fills Deps[name] from the module's .modinfo, once, when the
+// index was built without modules.dep.
+func (idx *Index) readDeps(name, rel string) error {
+	if idx.dir == "" || idx.loaded[name] {
+		return nil
+	}
+	idx.loaded[name] = true
+	info, err := ReadModinfo(filepath.Join(idx.dir, rel))
+	if err != nil {
+		return fmt.Errorf("module %s: %w", rel, err)
+	}
+	if n := info["name"]; n != "" && Name(n) != name {
+		return fmt.Errorf("module file %s calls itself %s", rel, n)
+	}
+	for _, dep := range strings.Split(info["depends"], ",") {
+		if dep = strings.TrimSpace(dep); dep != "" {
+			idx.Deps[name] = append(idx.Deps[name], Name(dep))
+		}
+	}
+	return nil
+}
+
 // Resolve returns the files (relative to the modules directory) to load for
 // the named modules, dependencies first. Built-in modules are skipped;
 // optional names that the kernel lacks are skipped too.
@@ -269,6 +290,9 @@ func (idx *Index) Resolve(names []string, optional map[string]bool) ([]string, e
 			return fmt.Errorf("%w: %s", ErrNotFound, n)
 		}
 		state[n] = 1
+		if err := idx.readDeps(n, p); err != nil {
+			return err
+		}
 		deps := append([]string(nil), idx.Deps[n]...)
 		sort.Strings(deps)
 		for _, d := range deps {

@@ -12,8 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/bits"
+	"runtime"
 	"strings"
+	"sync"
 )
 
 // Params describes a hash tree.
@@ -96,6 +99,63 @@ func layout(p Params, dataBlocks uint64) (start, size []uint64) {
 	return start, size
 }
 
+// hashData reads dataBlocks blocks and returns their salted digests, in
+// order. One goroutine reads 1 MiB chunks; one worker per CPU hashes them.
+func hashData(data io.Reader, dataBlocks uint64, p Params) ([]byte, error) {
+	if dataBlocks > math.MaxInt/digestSize {
+		return nil, fmt.Errorf("verity: %d data blocks is too many", dataBlocks)
+	}
+	out := make([]byte, dataBlocks*digestSize)
+	chunkBlocks := uint64(max(1, (1<<20)/p.DataBlockSize))
+	workers := runtime.GOMAXPROCS(0)
+	type chunk struct {
+		first uint64
+		n     int
+		buf   []byte
+	}
+	jobs := make(chan chunk, workers)
+	free := make(chan []byte, workers+2)
+	for range workers + 2 {
+		free <- make([]byte, chunkBlocks*uint64(p.DataBlockSize))
+	}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h := sha256.New()
+			for c := range jobs {
+				for b := 0; b < c.n; b++ {
+					off := (c.first + uint64(b)) * digestSize
+					h.Reset()
+					h.Write(p.Salt)
+					h.Write(c.buf[b*p.DataBlockSize : (b+1)*p.DataBlockSize])
+					// Sum appends: into out's capacity, in place.
+					h.Sum(out[off:off])
+				}
+				free <- c.buf
+			}
+		}()
+	}
+	var rerr error
+	for first := uint64(0); first < dataBlocks; {
+		n := min(chunkBlocks, dataBlocks-first)
+		buf := <-free
+		if _, err := io.ReadFull(data, buf[:n*uint64(p.DataBlockSize)]); err != nil {
+			rerr = fmt.Errorf("verity: read data blocks %d-%d: %w", first, first+n-1, err)
+			break
+		}
+		jobs <- chunk{first: first, n: int(n), buf: buf}
+		first += n
+	}
+	close(jobs)
+	wg.Wait()
+	if rerr != nil {
+		return nil, rerr
+	}
+	return out, nil
+}
+
 func hashBlock(salt, block []byte) []byte {
 	h := sha256.New()
 	h.Write(salt)
@@ -116,22 +176,14 @@ func Format(data io.Reader, dataSize int64, hash io.Writer, p Params) (*Result, 
 	dataBlocks := uint64(dataSize) / uint64(p.DataBlockSize)
 	start, size := layout(p, dataBlocks)
 
-	// Level 0 from the data, streaming; upper levels in memory (they are
-	// 1/128 of the level below for 4 KiB blocks).
+	// Level 0 from the data, hashed in parallel chunks; upper levels in
+	// memory (each is 1/128 of the level below for 4 KiB blocks).
 	levels := make([][]byte, len(start))
-	blk := make([]byte, p.DataBlockSize)
-	var single []byte
-	var lvl0 bytes.Buffer
-	for i := uint64(0); i < dataBlocks; i++ {
-		if _, err := io.ReadFull(data, blk); err != nil {
-			return nil, fmt.Errorf("verity: read data block %d: %w", i, err)
-		}
-		d := hashBlock(p.Salt, blk)
-		if len(start) == 0 {
-			single = d
-		}
-		lvl0.Write(d)
+	lvl0, err := hashData(data, dataBlocks, p)
+	if err != nil {
+		return nil, err
 	}
+	single := lvl0[:digestSize]
 	if len(start) == 0 {
 		// One data block: its hash is the root.
 		res := &Result{RootHash: single, DataBlocks: dataBlocks, Params: p}
@@ -140,7 +192,7 @@ func Format(data io.Reader, dataSize int64, hash io.Writer, p Params) (*Result, 
 		}
 		return res, nil
 	}
-	levels[0] = padTo(lvl0.Bytes(), p.HashBlockSize, size[0])
+	levels[0] = padTo(lvl0, p.HashBlockSize, size[0])
 	for i := 1; i < len(levels); i++ {
 		var next bytes.Buffer
 		below := levels[i-1]

@@ -174,16 +174,22 @@ func TestFormatRejectsBadInput(t *testing.T) {
 	tests := []struct {
 		name string
 		size int64
+		have int64 // bytes the reader really has, when not size
 		p    Params
 	}{
 		{name: "partial block", size: 5000},
+		{name: "short data", size: 3 << 20, have: 2<<20 + 4096},
 		{name: "empty", size: 0},
 		{name: "odd block size", size: 4096, p: Params{DataBlockSize: 3000}},
 		{name: "huge salt", size: 4096, p: Params{Salt: make([]byte, 300)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Format(bytes.NewReader(make([]byte, tt.size)), tt.size, &bytes.Buffer{}, tt.p)
+			have := tt.size
+			if tt.have != 0 {
+				have = tt.have
+			}
+			_, err := Format(bytes.NewReader(make([]byte, have)), tt.size, &bytes.Buffer{}, tt.p)
 			if err == nil {
 				t.Fatal("Format succeeded, want an error")
 			}
