@@ -3,22 +3,36 @@
 // the semantics of the Kata Containers agent policy so that policies made by
 // Kata's genpolicy work unchanged.
 //
-//   - Rego package agent_policy, Rego v1 or v0 (with future.keywords).
+//   - Rego package agent_policy, compiled once per policy with the OPA Go
+//     library: Rego v0 (plain or with future.keywords imports, what
+//     genpolicy emits and upstream's engine assumes) or, when that fails,
+//     Rego v1.
 //   - The entry point is the request message name (CreateContainerRequest,
 //     ReadStreamRequest for ReadStdout and ReadStderr, ...); the input is the
-//     request in the Kata agent's JSON encoding (see Encode).
+//     request in the Kata agent's JSON encoding (see Encode). CopyFile's
+//     input is path, file_type (Regular, Directory, Symlink or Unknown),
+//     symlink_target (null unless a symlink), file_size, file_mode,
+//     dir_mode, uid, gid and offset: never the data.
 //   - A result is a bool or {"allowed": bool, "ops": [...]}; the RFC 6902
-//     ops patch data.pstate (paths relative to pstate) when allowed.
-//   - AllowRequestsFailingPolicy := true turns denials into logged warnings.
+//     ops patch data.pstate (paths relative to pstate) when allowed. A
+//     policy that uses the state decides one request at a time.
+//   - An entry with neither a rule nor a default for a request is an
+//     Internal error. AllowRequestsFailingPolicy := true turns denials (and
+//     undefined entries) into logged warnings.
 //   - Denials are PermissionDenied "<Entry> is blocked by policy: <prints>";
-//     the log names the rules that evaluated false. ExplainDenials := true
-//     puts those names into the error as well.
+//     the log names the rules that evaluated false or never succeeded.
+//     ExplainDenials := true puts those names into the error as well.
+//   - Without a policy (the default one missing or broken) every request
+//     but SetPolicy is refused; grpc.Health is never gated.
 //
-// SetPolicy replaces the policy atomically after checking, on a confidential
-// guest, that sha256(policy) equals the SNP report's HOST_DATA. A CoCo
-// initdata document (TOML) is accepted in SetPolicy too: its digest,
-// truncated or zero-padded to 32 bytes, must equal HOST_DATA and its
-// "policy.rego" becomes the policy.
+// SetPolicy replaces the policy atomically (requests in flight finish under
+// the old one; the new one starts with an empty state) after checking, on a confidential
+// guest, that sha256(policy) equals HOST_DATA of a fresh SNP report. A CoCo
+// initdata document is accepted by SetPolicy too: when the SetPolicyRequest
+// text parses as initdata TOML (version, algorithm, [data]) rather than
+// Rego, its digest, truncated or zero-padded to 32 bytes, must equal
+// HOST_DATA and its data."policy.rego" becomes the policy. LoadInitdata
+// reads the block-device form and ApplyInitdata installs it the same way.
 package policy
 
 import (
