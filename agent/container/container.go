@@ -198,6 +198,10 @@ func (c *Container) Exec(ctx context.Context, execID string, sp *specs.Process) 
 	if !c.started || c.init.Exited() {
 		return nil, fmt.Errorf("exec %s in container %s: container is not running: %w", execID, c.id, errdefs.ErrFailedPrecondition)
 	}
+	// A process joining a frozen cgroup would block its start forever.
+	if st, err := c.lc.Status(); err != nil || st != libcontainer.Running {
+		return nil, fmt.Errorf("exec %s in container %s: container is %s: %w", execID, c.id, c.Status(), errdefs.ErrFailedPrecondition)
+	}
 	p, err := c.spawn(execID, sp, false)
 	if err != nil {
 		return nil, fmt.Errorf("exec %s in container %s: %w", execID, c.id, err)
