@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -217,9 +218,12 @@ func Build(ctx context.Context, c *Config, outDir string, progress io.Writer) (*
 		if err != nil {
 			return nil, fmt.Errorf("read agent config: %w", err)
 		}
-		var probe map[string]any
-		if err := toml.Unmarshal(b, &probe); err != nil {
+		unknown, err := CheckAgentConfig(b)
+		if err != nil {
 			return nil, fmt.Errorf("agent config %s: %w", c.AgentConfig, err)
+		}
+		for _, k := range unknown {
+			fmt.Fprintf(progress, "agent config %s: key %q is not one cocoon-rootfs knows; copied as is\n", c.AgentConfig, k)
 		}
 		m.Inputs["agent_config"] = digestOf(filepath.Base(c.AgentConfig), b)
 		if err := arc.AddFile(agentConfigPath, 0o644, b); err != nil {
@@ -594,6 +598,76 @@ func fileDigest(p string) Digest {
 	h := sha256.New()
 	n, _ := io.Copy(h, f)
 	return Digest{Path: filepath.Base(p), SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}
+}
+
+// CheckAgentConfig checks the values of the agent configuration keys of the
+// shared contract (the kernel command-line keys without "cocoon."), and
+// returns the keys it does not know, sorted.
+func CheckAgentConfig(b []byte) (unknown []string, err error) {
+	var cfg map[string]any
+	if err := toml.Unmarshal(b, &cfg); err != nil {
+		return nil, err
+	}
+	hexLen := func(k string, n int) func(string) error {
+		return func(v string) error {
+			if d, err := hex.DecodeString(v); err != nil || len(d) != n {
+				return fmt.Errorf("%s: want %d hex digits", k, 2*n)
+			}
+			return nil
+		}
+	}
+	checks := map[string]func(string) error{
+		"server_addr": func(v string) error {
+			for _, s := range []string{"unix://", "vsock://", "serial://"} {
+				if strings.HasPrefix(v, s) {
+					return nil
+				}
+			}
+			return fmt.Errorf("server_addr %q: want unix://, vsock:// or serial://", v)
+		},
+		"log_level": func(v string) error {
+			switch v {
+			case "debug", "info", "warn", "error":
+				return nil
+			}
+			return fmt.Errorf("log_level %q: want debug, info, warn or error", v)
+		},
+		"kbs_url": func(v string) error {
+			if !strings.HasPrefix(v, "http://") && !strings.HasPrefix(v, "https://") {
+				return fmt.Errorf("kbs_url %q: want an http or https URL", v)
+			}
+			return nil
+		},
+		"attestation": func(v string) error {
+			switch v {
+			case "snp", "simulated", "none":
+				return nil
+			}
+			return fmt.Errorf("attestation %q: want snp, simulated or none", v)
+		},
+		"sim_host_data":   hexLen("sim_host_data", 32),
+		"sim_measurement": hexLen("sim_measurement", 48),
+	}
+	keys := make([]string, 0, len(cfg))
+	for k := range cfg {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		check, ok := checks[k]
+		if !ok {
+			unknown = append(unknown, k)
+			continue
+		}
+		v, ok := cfg[k].(string)
+		if !ok {
+			return nil, fmt.Errorf("%s: want a string", k)
+		}
+		if err := check(v); err != nil {
+			return nil, err
+		}
+	}
+	return unknown, nil
 }
 
 // ErrBadAgent reports an /init candidate that cannot run as the guest agent.

@@ -239,3 +239,41 @@ func TestBuildAllBuiltinKernel(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckAgentConfig(t *testing.T) {
+	tests := []struct {
+		name, in, wantErr, unknown string
+	}{
+		{"all keys", `server_addr = "vsock://-1:1024"
+log_level = "debug"
+kbs_url = "http://127.0.0.1:8080"
+attestation = "simulated"
+sim_host_data = "` + strings.Repeat("ab", 32) + `"
+sim_measurement = "` + strings.Repeat("cd", 48) + `"
+`, "", ""},
+		{"unknown keys reported", "log_level = \"info\"\nzeta = 1\nalpha = \"x\"\n", "", "alpha zeta"},
+		{"bad address", `server_addr = "tcp://0.0.0.0:1"`, "server_addr", ""},
+		{"bad attestation", `attestation = "tdx"`, "attestation", ""},
+		{"short host data", `sim_host_data = "abcd"`, "64 hex digits", ""},
+		{"measurement not hex", `sim_measurement = "` + strings.Repeat("zz", 48) + `"`, "96 hex digits", ""},
+		{"not a string", `log_level = 3`, "want a string", ""},
+		{"not toml", `log_level = `, "toml", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			unknown, err := CheckAgentConfig([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(unknown, " "); got != tt.unknown {
+				t.Errorf("unknown keys = %q, want %q", got, tt.unknown)
+			}
+		})
+	}
+}
