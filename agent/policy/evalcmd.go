@@ -21,7 +21,7 @@ func EvalCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := flag.NewFlagSet("policy eval", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	policyPath := fs.String("policy", "", "Rego policy file (package agent_policy)")
-	requestPath := fs.String("request", "", "request as Kata policy input JSON")
+	requestPath := fs.String("request", "", "request as Kata policy input JSON, or a Kata policy log line {\"kind\", \"request\"}")
 	kind := fs.String("kind", "CreateContainerRequest", "entry point: the request message name")
 	if len(args) > 0 && args[0] == "eval" {
 		args = args[1:]
@@ -45,6 +45,18 @@ func EvalCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	dec.UseNumber()
 	if err := dec.Decode(&input); err != nil {
 		return fmt.Errorf("request %s: %w", *requestPath, err)
+	}
+	// A line of the Kata agent's policy log ({"kind": ..., "request": ...})
+	// carries its own entry point; --kind still wins when given.
+	if rec, ok := input["request"].(map[string]any); ok && len(input) == 2 {
+		if k, ok := input["kind"].(string); ok {
+			input = rec
+			kindSet := false
+			fs.Visit(func(f *flag.Flag) { kindSet = kindSet || f.Name == "kind" })
+			if !kindSet {
+				*kind = k
+			}
+		}
 	}
 	p, err := compile(ctx, string(text))
 	if err != nil {

@@ -562,6 +562,18 @@ func TestEvalCommand(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
+	// A recorded line of the Kata agent's policy log names its entry.
+	logLine := filepath.Join(dir, "policy.jsonl")
+	b, _ = json.Marshal(map[string]any{"kind": "ExecProcessRequest", "request": mustEncode(&agentpb.ExecProcessRequest{ContainerId: "c1"})})
+	os.WriteFile(logLine, b, 0o644)
+	out.Reset()
+	if err := EvalCommand(context.Background(), []string{"--policy", "testdata/deny-exec.rego", "--request", logLine}, &out, &out); !errors.Is(err, ErrDenied) || !strings.Contains(out.String(), "entry:         ExecProcessRequest") || !strings.Contains(out.String(), "print:         exec is not allowed in this pod") {
+		t.Fatalf("log line: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	if err := EvalCommand(context.Background(), []string{"--policy", "testdata/deny-exec.rego", "--request", logLine, "--kind", "StartContainerRequest"}, &out, &out); err != nil || !strings.Contains(out.String(), "entry:         StartContainerRequest") {
+		t.Fatalf("log line with --kind: %v\n%s", err, out.String())
+	}
 	out.Reset()
 	if err := EvalCommand(context.Background(), []string{"eval", "--policy", "testdata/allow-all.rego", "--request", req}, &out, &out); err != nil || !strings.Contains(out.String(), "allowed") {
 		t.Fatalf("allow-all: %v\n%s", err, out.String())
@@ -802,4 +814,36 @@ func TestImagePolicies(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzJSONPatch applies arbitrary operations to a small document: the patch
+// either fails with errPatch or yields a document that still marshals, and
+// never modifies its input.
+func FuzzJSONPatch(f *testing.F) {
+	f.Add(`[{"op":"add","path":"/a/1","value":9},{"op":"move","from":"/m","path":"/a/-"}]`)
+	f.Add(`[{"op":"replace","path":"/a/-","value":1}]`)
+	f.Add(`[{"op":"copy","from":"/a","path":"/a/0"},{"op":"remove","path":"/a/0/1"}]`)
+	f.Add(`[{"op":"test","path":"/m","value":"y"},{"op":"remove","path":""}]`)
+	f.Add(`[{"op":"add","path":"","value":[]},{"op":"add","path":"/0","value":{}}]`)
+	f.Fuzz(func(t *testing.T, opsJSON string) {
+		var ops []patchOp
+		if json.Unmarshal([]byte(opsJSON), &ops) != nil || len(ops) > maxOps {
+			return
+		}
+		doc := map[string]any{"a": []any{1.0, 2.0}, "m": "y"}
+		before, _ := json.Marshal(doc)
+		got, err := applyPatch(doc, ops)
+		if after, _ := json.Marshal(doc); !bytes.Equal(before, after) {
+			t.Fatalf("input modified: %s -> %s", before, after)
+		}
+		if err != nil {
+			if !errors.Is(err, errPatch) {
+				t.Fatalf("error without errPatch: %v", err)
+			}
+			return
+		}
+		if _, err := json.Marshal(got); err != nil {
+			t.Fatalf("patched document does not marshal: %v", err)
+		}
+	})
 }
