@@ -85,10 +85,10 @@ func TestRootHashMatchesVeritysetup(t *testing.T) {
 			dir := t.TempDir()
 			data := writeData(t, dir, tt.size, tt.dense, int64(i))
 			salt, _ := hex.DecodeString(tt.salt)
-			p := Params{Salt: salt, HashBlockSize: tt.hashBlock}
+			p := Params{Salt: salt, HashBlockSize: tt.hashBlock, UUID: [16]byte{0xc0, 0xc0, 6: 0x40, 8: 0x80, 15: byte(i)}}
 			ours := ourFormat(t, data, filepath.Join(dir, "ours.hash"), p)
 
-			args := []string{"format", data, filepath.Join(dir, "theirs.hash")}
+			args := []string{"format", data, filepath.Join(dir, "theirs.hash"), "--uuid", FormatUUID(p.UUID)}
 			if tt.salt != "" {
 				args = append(args, "--salt", tt.salt)
 			} else {
@@ -107,6 +107,12 @@ func TestRootHashMatchesVeritysetup(t *testing.T) {
 			}
 			if got, want := hex.EncodeToString(ours.RootHash), m[1]; got != want {
 				t.Fatalf("root hash = %s, veritysetup says %s", got, want)
+			}
+			// With the same UUID the hash files are the same bytes.
+			a, _ := os.ReadFile(filepath.Join(dir, "ours.hash"))
+			b, _ := os.ReadFile(filepath.Join(dir, "theirs.hash"))
+			if !bytes.Equal(a, b) {
+				t.Errorf("hash file (%d bytes) differs from veritysetup's (%d bytes)", len(a), len(b))
 			}
 			// veritysetup accepts our hash file, superblock included.
 			if out, err := veritysetup(t, "verify", data, filepath.Join(dir, "ours.hash"), m[1]); err != nil {
