@@ -273,7 +273,10 @@ func TestProcessRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := (&Launcher{}).Start(context.Background(), tt.cfg)
+			sb, err := (&Launcher{}).Start(context.Background(), tt.cfg)
+			if err == nil {
+				sb.Cleanup()
+			}
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Start error = %v, want %v", err, tt.want)
 			}

@@ -269,7 +269,10 @@ func TestStartFailureCleansUp(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			os.Remove(pidFile)
 			state := filepath.Join(shortTempDir(t), "state")
-			_, err := tt.launcher.Start(context.Background(), hostvmm.Config{ID: "vm1", StateDir: state, Kernel: kernel, Initrd: initrd})
+			sb, err := tt.launcher.Start(context.Background(), hostvmm.Config{ID: "vm1", StateDir: state, Kernel: kernel, Initrd: initrd})
+			if err == nil {
+				sb.Cleanup()
+			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Start error = %v, want one containing %q", err, tt.wantErr)
 			}
@@ -303,7 +306,10 @@ func TestStartRejectsBadConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := (&Launcher{Accel: "tcg"}).Start(context.Background(), tt.cfg)
+			sb, err := (&Launcher{Accel: "tcg"}).Start(context.Background(), tt.cfg)
+			if err == nil {
+				sb.Cleanup()
+			}
 			if !errors.Is(err, errdefs.ErrInvalidArgument) {
 				t.Fatalf("Start error = %v, want invalid argument", err)
 			}

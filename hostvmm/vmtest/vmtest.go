@@ -19,8 +19,9 @@ import (
 const KernelCache = "/var/cache/cocoon/kernel"
 
 // Modules are what helloinit needs: the virtio transports, the console port
-// driver and the shared-directory file systems.
-var Modules = []string{"virtio_mmio", "virtio_pci", "virtio_console", "9p", "9pnet_virtio", "virtiofs"}
+// driver, the shared-directory file systems and vsock.
+var Modules = []string{"virtio_mmio", "virtio_pci", "virtio_console", "9p", "9pnet_virtio", "virtiofs",
+	"vsock", "vmw_vsock_virtio_transport"}
 
 // Image is a bootable kernel and initrd.
 type Image struct {

@@ -9,6 +9,7 @@
 //	hello.token=T          returned as the agent version ("hello-T")
 //	hello.share=TAG        mount the shared directory TAG at /mnt
 //	hello.share_type=T     9p (default) or virtiofs
+//	hello.addr=URL         where to serve (default serial://agent.channel.0)
 //
 // A Health.Check whose service is "poweroff" powers the VM off after the
 // reply.
@@ -76,7 +77,11 @@ func run() error {
 			return err
 		}
 	}
-	return serve("serial://agent.channel.0", args["hello.token"])
+	addr := "serial://agent.channel.0"
+	if a := args["hello.addr"]; a != "" {
+		addr = a
+	}
+	return serve(addr, args["hello.token"])
 }
 
 func serve(addr, token string) error {
