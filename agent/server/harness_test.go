@@ -42,7 +42,6 @@ type harness struct {
 	cgroup  string
 	conn    *ttrpc.Client
 	served  chan error
-	cleanup func()
 }
 
 // newHarness starts an in-process agent on a unix socket and connects the
