@@ -33,15 +33,15 @@ func TestMain(m *testing.M) {
 var harnessSeq atomic.Int32
 
 type harness struct {
-	t       testing.TB
-	srv     *server.Server
-	agent   agentpb.AgentServiceService
-	health  agentpb.HealthService
-	shared  string
-	runDir  string
-	cgroup  string
-	conn    *ttrpc.Client
-	served  chan error
+	t      testing.TB
+	srv    *server.Server
+	agent  agentpb.AgentServiceService
+	health agentpb.HealthService
+	shared string
+	runDir string
+	cgroup string
+	conn   *ttrpc.Client
+	served chan error
 }
 
 // newHarness starts an in-process agent on a unix socket and connects the

@@ -64,7 +64,9 @@ func TestBadInput(t *testing.T) {
 			}))
 		}, codes.InvalidArgument},
 		{"bad namespace", func() error {
-			return create("x", spec(func(s *agentpb.Spec) { s.Linux.Namespaces = append(s.Linux.Namespaces, &agentpb.LinuxNamespace{Type: "bogus"}) }))
+			return create("x", spec(func(s *agentpb.Spec) {
+				s.Linux.Namespaces = append(s.Linux.Namespaces, &agentpb.LinuxNamespace{Type: "bogus"})
+			}))
 		}, codes.InvalidArgument},
 		{"relative mount", func() error {
 			return create("x", spec(func(s *agentpb.Spec) { s.Mounts = append(s.Mounts, &agentpb.Mount{Destination: "etc", Type: "tmpfs"}) }))
