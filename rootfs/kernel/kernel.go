@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/cocoon-containers/cocoon/rootfs/cpio"
 	"github.com/cocoon-containers/cocoon/rootfs/rpm"
@@ -70,6 +71,11 @@ func FetchDebian(ctx context.Context, cacheDir, pkg string, progress io.Writer) 
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return nil, err
 	}
+	unlock, err := lockCache(cacheDir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	debs, _ := filepath.Glob(filepath.Join(cacheDir, real+"_*.deb"))
 	if len(debs) == 0 {
 		if progress != nil {
@@ -86,11 +92,43 @@ func FetchDebian(ctx context.Context, cacheDir, pkg string, progress io.Writer) 
 		}
 	}
 	sort.Strings(debs)
-	return UnpackDeb(ctx, debs[len(debs)-1], filepath.Join(cacheDir, real), progress)
+	return unpackDeb(ctx, debs[len(debs)-1], filepath.Join(cacheDir, real), progress)
+}
+
+// lockCache serializes downloads and unpacking in one cache directory
+// between processes (test binaries of several packages run at once).
+func lockCache(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, ".cocoon-kernel.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock kernel cache: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock kernel cache: %w", err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// lockParent locks the cache directory that will hold dir.
+func lockParent(dir string) (func(), error) {
+	parent := filepath.Dir(dir)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return nil, err
+	}
+	return lockCache(parent)
 }
 
 // UnpackDeb extracts a kernel .deb into dir (reused when already there).
 func UnpackDeb(ctx context.Context, deb, dir string, progress io.Writer) (*Kernel, error) {
+	unlock, err := lockParent(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return unpackDeb(ctx, deb, dir, progress)
+}
+
+func unpackDeb(ctx context.Context, deb, dir string, progress io.Writer) (*Kernel, error) {
 	if k, err := Find(dir); err == nil {
 		k.Package = deb
 		return k, nil
@@ -253,6 +291,11 @@ func UnpackRPM(ctx context.Context, pkg, dir string, progress io.Writer) (*Kerne
 	if err != nil {
 		return nil, fmt.Errorf("kernel package %s: %w", pkg, err)
 	}
+	unlock, err := lockParent(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	found := func() (*Kernel, error) {
 		k, err := Find(dir)
 		if err != nil {
