@@ -56,9 +56,9 @@ type Config struct {
 	// KernelCache holds downloaded and unpacked packages
 	// (DefaultKernelCache when empty).
 	KernelCache string `toml:"kernel_cache"`
-	// Modules to carry; DefaultModules when the key is absent, none when it
-	// is an empty list (a kernel with everything built in). Dependencies
-	// come along.
+	// Modules to carry; DefaultModules when nil (the key is absent), none
+	// when empty but not nil (modules = [], a kernel with everything built
+	// in). Dependencies come along.
 	Modules         []string `toml:"modules"`
 	OptionalModules []string `toml:"optional_modules"`
 	// ModuleParams are written after a module's path in modules.load
@@ -75,8 +75,7 @@ type Config struct {
 	// SkipAgentCheck allows a non-agent /init (tests, hello-world inits).
 	SkipAgentCheck bool `toml:"skip_agent_check"`
 
-	dir        string // directory relative paths resolve against
-	modulesSet bool   // the modules key was given (possibly empty)
+	dir string // directory relative paths resolve against
 }
 
 // VerityConfig asks for a root filesystem image with a dm-verity tree.
@@ -108,7 +107,6 @@ func LoadConfig(p string) (*Config, error) {
 		return nil, fmt.Errorf("build config %s: unknown keys %v", p, un)
 	}
 	c.dir = filepath.Dir(p)
-	c.modulesSet = md.IsDefined("modules")
 	return &c, nil
 }
 
@@ -351,7 +349,7 @@ func (c *Config) policy() ([]byte, string, error) {
 func (c *Config) addModules(arc *cpio.Archive, k *kernel.Kernel, m *Manifest) ([]string, error) {
 	names := c.Modules
 	opt := c.OptionalModules
-	if len(names) == 0 && !c.modulesSet {
+	if names == nil {
 		names, opt = DefaultModules, append(opt, DefaultOptionalModules...)
 	}
 	params := map[string]string{}
