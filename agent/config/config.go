@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -55,14 +56,20 @@ type Config struct {
 	SimMeasurement []byte
 	// KBSURL is the key broker service the workload endpoint talks to.
 	KBSURL string
+	// RunDir holds container bundles (default /run/cocoon).
+	RunDir string
+	// CgroupParent is the cgroup containers are created under (default /cocoon).
+	CgroupParent string
 }
 
 // Default returns the configuration used when nothing overrides it.
 func Default() Config {
 	return Config{
-		ServerAddr:  transport.DefaultGuestAddr,
-		LogLevel:    slog.LevelInfo,
-		Attestation: AttestationNone,
+		ServerAddr:   transport.DefaultGuestAddr,
+		LogLevel:     slog.LevelInfo,
+		Attestation:  AttestationNone,
+		RunDir:       "/run/cocoon",
+		CgroupParent: "/cocoon",
 	}
 }
 
@@ -76,6 +83,8 @@ type fileConfig struct {
 	SimHostData    *string `toml:"sim_host_data"`
 	SimMeasurement *string `toml:"sim_measurement"`
 	KBSURL         *string `toml:"kbs_url"`
+	RunDir         *string `toml:"run_dir"`
+	CgroupParent   *string `toml:"cgroup_parent"`
 }
 
 // Sources holds the raw inputs Parse combines.
@@ -157,6 +166,8 @@ func Parse(src Sources) (Config, error) {
 		set("sim_host_data", fc.SimHostData)
 		set("sim_measurement", fc.SimMeasurement)
 		set("kbs_url", fc.KBSURL)
+		set("run_dir", fc.RunDir)
+		set("cgroup_parent", fc.CgroupParent)
 		debugConsole = fc.DebugConsole
 	}
 
@@ -247,6 +258,15 @@ func (c *Config) apply(key, v string) error {
 			return bad("want an http or https URL")
 		}
 		c.KBSURL = v
+	case "run_dir", "cgroup_parent":
+		if !filepath.IsAbs(v) || filepath.Clean(v) != v || v == "/" {
+			return bad("want an absolute, clean path other than /")
+		}
+		if key == "run_dir" {
+			c.RunDir = v
+		} else {
+			c.CgroupParent = v
+		}
 	default:
 		// Unknown cocoon.* keys belong to other components (rootfs, init).
 	}

@@ -56,27 +56,27 @@ func TestParse(t *testing.T) {
 		{
 			name: "kata keys",
 			src:  Sources{Cmdline: "console=ttyS0 agent.server_addr=vsock://-1:2048 agent.log=debug agent.debug_console agent.trace=true"},
-			want: Config{ServerAddr: "vsock://-1:2048", LogLevel: slog.LevelDebug, DebugConsole: true, Attestation: "none"},
+			want: withDefaults(Config{ServerAddr: "vsock://-1:2048", LogLevel: slog.LevelDebug, DebugConsole: true, Attestation: "none"}),
 		},
 		{
 			name: "cocoon keys win over agent keys",
 			src:  Sources{Cmdline: "cocoon.server_addr=unix:///run/a.sock agent.server_addr=vsock://-1:2048 cocoon.attestation=simulated cocoon.sim_host_data=" + hostData + " cocoon.sim_measurement=" + meas + " cocoon.kbs_url=http://127.0.0.1:8080"},
-			want: Config{ServerAddr: "unix:///run/a.sock", LogLevel: slog.LevelInfo, Attestation: "simulated",
-				SimHostData: mustHex(hostData), SimMeasurement: mustHex(meas), KBSURL: "http://127.0.0.1:8080"},
+			want: withDefaults(Config{ServerAddr: "unix:///run/a.sock", LogLevel: slog.LevelInfo, Attestation: "simulated",
+				SimHostData: mustHex(hostData), SimMeasurement: mustHex(meas), KBSURL: "http://127.0.0.1:8080"}),
 		},
 		{
 			name: "file then cmdline then env",
 			src: Sources{
-				File:    []byte("server_addr = \"unix:///file.sock\"\nlog_level = \"warn\"\nattestation = \"snp\"\ndebug_console = true\n"),
+				File:    []byte("server_addr = \"unix:///file.sock\"\nlog_level = \"warn\"\nattestation = \"snp\"\ndebug_console = true\nrun_dir = \"/tmp/run\"\ncgroup_parent = \"/test\"\n"),
 				Cmdline: "cocoon.server_addr=unix:///cmdline.sock",
 				Getenv:  env(map[string]string{"KATA_AGENT_SERVER_ADDR": "unix:///kata.sock", "COCOON_AGENT_SERVER_ADDR": "unix:///cocoon.sock"}),
 			},
-			want: Config{ServerAddr: "unix:///cocoon.sock", LogLevel: slog.LevelWarn, Attestation: "snp", DebugConsole: true},
+			want: Config{ServerAddr: "unix:///cocoon.sock", LogLevel: slog.LevelWarn, Attestation: "snp", DebugConsole: true, RunDir: "/tmp/run", CgroupParent: "/test"},
 		},
 		{
 			name: "kata env alone",
 			src:  Sources{Getenv: env(map[string]string{"KATA_AGENT_SERVER_ADDR": "unix:///kata.sock"})},
-			want: Config{ServerAddr: "unix:///kata.sock", LogLevel: slog.LevelInfo, Attestation: "none"},
+			want: withDefaults(Config{ServerAddr: "unix:///kata.sock", LogLevel: slog.LevelInfo, Attestation: "none"}),
 		},
 	}
 	for _, tt := range tests {
@@ -105,6 +105,9 @@ func TestParseRejects(t *testing.T) {
 		{"kbs scheme", Sources{Cmdline: "cocoon.kbs_url=file:///etc/passwd"}},
 		{"unknown file key", Sources{File: []byte("surprise = 1\n")}},
 		{"bad toml", Sources{File: []byte("server_addr = \n")}},
+		{"relative run dir", Sources{File: []byte("run_dir = \"run\"\n")}},
+		{"root cgroup parent", Sources{Cmdline: "cocoon.cgroup_parent=/"}},
+		{"unclean cgroup parent", Sources{Cmdline: "cocoon.cgroup_parent=/a/../.."}},
 		{"bad env address", Sources{Getenv: func(string) string { return "nowhere" }}},
 	}
 	for _, tt := range tests {
@@ -139,6 +142,12 @@ func TestLoad(t *testing.T) {
 	if _, err := Load(file, cmdline); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("oversized file: got %v, want invalid argument", err)
 	}
+}
+
+func withDefaults(c Config) Config {
+	d := Default()
+	c.RunDir, c.CgroupParent = d.RunDir, d.CgroupParent
+	return c
 }
 
 func mustHex(s string) []byte {

@@ -1,0 +1,154 @@
+// Command cocoon-agent is the guest agent: PID 1 of the confidential VM (or
+// an ordinary process on a host, for tests and the process launcher). It
+// serves the Kata-compatible agent API over ttrpc and runs containers with
+// libcontainer, re-executing itself as "init" for every container process.
+//
+//	cocoon-agent                  serve (address from agent.server_addr=,
+//	                              cocoon.server_addr= or COCOON_AGENT_SERVER_ADDR)
+//	cocoon-agent policy eval ...  evaluate a policy offline
+//
+// COCOON_AGENT_CONFIG names the TOML configuration (default
+// /etc/cocoon/agent.toml).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/cocoon-containers/cocoon/agent/config"
+	"github.com/cocoon-containers/cocoon/agent/container"
+	"github.com/cocoon-containers/cocoon/agent/policy"
+	"github.com/cocoon-containers/cocoon/agent/server"
+	"github.com/cocoon-containers/cocoon/rpc/transport"
+)
+
+// version is set at build time with -ldflags '-X main.version=...'.
+var version = "devel"
+
+// initLayer holds the PID 1 duties of agent/initsys: setup mounts the
+// pseudo filesystems, loads modules and switches root; powerOff syncs and
+// powers the VM off. A build without them refuses to run as PID 1.
+var initLayer struct {
+	setup    func(ctx context.Context) error
+	powerOff func(ctx context.Context)
+}
+
+// subcommands are dispatched on os.Args[1]; without one the agent serves.
+var subcommands = map[string]func(ctx context.Context, args []string) error{
+	"policy": func(ctx context.Context, args []string) error {
+		if len(args) == 0 || args[0] != "eval" {
+			return errors.New("usage: cocoon-agent policy eval --policy FILE --request FILE [--kind CreateContainerRequest]")
+		}
+		return policy.EvalCommand(ctx, args[1:], os.Stdout, os.Stderr)
+	},
+}
+
+func main() {
+	// Container processes: libcontainer's init half; never returns.
+	container.MaybeInit()
+
+	ctx := context.Background()
+	if len(os.Args) > 1 {
+		cmd, ok := subcommands[os.Args[1]]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "cocoon-agent: unknown command %q\n", os.Args[1])
+			os.Exit(2)
+		}
+		if err := cmd(ctx, os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "cocoon-agent:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(ctx); err != nil {
+		slog.Error("agent failed", "error", err)
+		if os.Getpid() == 1 && initLayer.powerOff != nil {
+			initLayer.powerOff(ctx)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	pid1 := os.Getpid() == 1
+	if pid1 && initLayer.setup != nil {
+		// Mounts /proc first: configuration comes from /proc/cmdline.
+		if err := initLayer.setup(ctx); err != nil {
+			return fmt.Errorf("init: %w", err)
+		}
+	}
+	file := config.DefaultFile
+	if f := os.Getenv("COCOON_AGENT_CONFIG"); f != "" {
+		file = f
+	}
+	cfg, err := config.Load(file, config.DefaultCmdline)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	slog.SetDefault(log)
+	if pid1 && initLayer.setup == nil {
+		return errors.New("running as PID 1, but this build has no init layer (agent/initsys)")
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	opts := server.Options{
+		PID1:         pid1,
+		Version:      version,
+		Logger:       log,
+		RunDir:       cfg.RunDir,
+		CgroupParent: cfg.CgroupParent,
+	}
+	if pid1 {
+		opts.PowerOff = initLayer.powerOff
+	}
+	srv, err := server.New(ctx, opts)
+	if err != nil {
+		return err
+	}
+	if err := removeStaleSocket(cfg.ServerAddr); err != nil {
+		return err
+	}
+	l, err := transport.Listen(ctx, cfg.ServerAddr)
+	if err != nil {
+		return err
+	}
+	log.Info("agent serving", "address", cfg.ServerAddr, "version", version, "pid1", pid1)
+	serveErr := srv.Serve(ctx, l)
+	// On a host, leave nothing behind; in a guest the VM goes away anyway.
+	cctx := context.WithoutCancel(ctx)
+	if err := srv.Cleanup(cctx); err != nil {
+		log.Warn("cleanup", "error", err)
+	}
+	if a, err := transport.Parse(cfg.ServerAddr); err == nil && a.Scheme == transport.Unix {
+		os.Remove(a.Path)
+	}
+	return serveErr
+}
+
+// removeStaleSocket removes a unix socket left by a previous agent.
+func removeStaleSocket(addr string) error {
+	a, err := transport.Parse(addr)
+	if err != nil || a.Scheme != transport.Unix {
+		return err
+	}
+	st, err := os.Lstat(a.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	if st.Mode()&fs.ModeSocket == 0 {
+		return fmt.Errorf("listen %s: %s exists and is not a socket", addr, a.Path)
+	}
+	return os.Remove(a.Path)
+}
