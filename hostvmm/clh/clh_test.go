@@ -391,7 +391,7 @@ func TestRealCloudHypervisor(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := hostvmm.Config{ID: "real", StateDir: filepath.Join(dir, "state"), Kernel: img.Kernel, Initrd: img.Initrd,
-		Cmdline: "console=ttyS0 panic=-1 hello.token=clh hello.addr=vsock://-1:1024"}
+		Cmdline: "console=ttyS0 panic=-1 hello.token=clh agent.server_addr=vsock://-1:1024"}
 	sb, err := (&Launcher{Binary: bin}).Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start: %v", err)

@@ -1,7 +1,9 @@
 // Package qemu launches sandboxes with qemu-system-x86_64: KVM when
 // /dev/kvm is usable, TCG otherwise. The agent channel is a virtio-serial
 // port named agent.channel.0 backed by a host unix socket (the agent
-// listens on serial://agent.channel.0, the host dials unix://SOCKET);
+// listens on serial://agent.channel.0, which the launcher puts on the
+// kernel command line as agent.server_addr unless the caller set an
+// address; the host dials unix://SOCKET);
 // shared directories travel over virtio-9p; QMP stops the VM.
 package qemu
 
@@ -161,6 +163,9 @@ func (l *Launcher) Args(cfg *hostvmm.Config) ([]string, error) {
 	}
 
 	var extra []string
+	if !strings.Contains(" "+cfg.Cmdline, " agent.server_addr=") && !strings.Contains(" "+cfg.Cmdline, " cocoon.server_addr=") {
+		extra = append(extra, "agent.server_addr=serial://"+hostvmm.AgentChannel)
+	}
 	if accel == "tcg" {
 		extra = append(extra, "tsc_early_khz="+strconv.Itoa(TSCKHz()))
 	}

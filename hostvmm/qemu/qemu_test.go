@@ -96,7 +96,7 @@ func TestArgs(t *testing.T) {
 				"-chardev": {"socket,id=agent,path=/run/cocoon/vm1/agent.sock,server=on,wait=off", "file,id=console,path=/run/cocoon/vm1/console.log"},
 				"-device":  {"virtio-serial-device", "virtserialport,chardev=agent,name=agent.channel.0"},
 			},
-			appendIn: []string{"console=ttyS0", "tsc_early_khz="},
+			appendIn: []string{"console=ttyS0", "tsc_early_khz=", "agent.server_addr=serial://agent.channel.0"},
 			appendNo: []string{"cocoon."},
 		},
 		{

@@ -5,7 +5,10 @@
 package vmtest
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/cocoon-containers/cocoon/rootfs"
+	"github.com/cocoon-containers/cocoon/rootfs/cpio"
 )
 
 // KernelCache is where the Debian kernel package is downloaded and unpacked.
@@ -55,14 +59,24 @@ func BuildHelloInit(ctx context.Context, dir string) (string, error) {
 	return out, nil
 }
 
-// BuildImage makes a kernel and initrd in dir with init as /init.
+// BuildImage makes a kernel and initrd in dir with init as /init and
+// Modules.
 func BuildImage(ctx context.Context, init, dir string) (*Image, error) {
+	return BuildImageWith(ctx, init, dir, Modules, "")
+}
+
+// BuildImageWith makes a kernel and initrd in dir with init as /init, the
+// given modules (with rootfs.DefaultOptionalModules allowed to be missing)
+// and, when agentConfig is set, that file as /etc/cocoon/agent.toml.
+func BuildImageWith(ctx context.Context, init, dir string, modules []string, agentConfig string) (*Image, error) {
 	c := &rootfs.Config{
-		Agent:          init,
-		Kernel:         "linux-image-amd64",
-		KernelCache:    KernelCache,
-		Modules:        Modules,
-		SkipAgentCheck: true,
+		Agent:           init,
+		Kernel:          "linux-image-amd64",
+		KernelCache:     KernelCache,
+		Modules:         modules,
+		OptionalModules: rootfs.DefaultOptionalModules,
+		AgentConfig:     agentConfig,
+		SkipAgentCheck:  true,
 	}
 	m, err := rootfs.Build(ctx, c, dir, nil)
 	if err != nil {
@@ -82,4 +96,49 @@ func HelloImage(ctx context.Context, dir string) (*Image, error) {
 		return nil, err
 	}
 	return BuildImage(ctx, init, dir)
+}
+
+// PadInitrd grows an initrd to size bytes by appending a second, gzipped
+// cpio archive holding an incompressible filler file, then zeros (the
+// kernel skips zero padding between archives). Benchmarks use it to give a
+// reference init the same initrd size as the agent's.
+func PadInitrd(path string, size int64) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	const overhead = 4096
+	n := size - st.Size() - overhead
+	if n < 0 {
+		return fmt.Errorf("pad initrd %s: already %d bytes, want %d", path, st.Size(), size)
+	}
+	filler := make([]byte, n)
+	if _, err := rand.Read(filler); err != nil {
+		return err
+	}
+	a := cpio.New()
+	if err := a.AddFile("/filler", 0o644, filler); err != nil {
+		return err
+	}
+	var gz bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&gz, gzip.NoCompression)
+	if _, err := a.WriteTo(zw); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	pad := size - st.Size() - int64(gz.Len())
+	if pad < 0 {
+		return fmt.Errorf("pad initrd %s: filler archive overshoots by %d bytes", path, -pad)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(gz.Bytes(), make([]byte, pad)...)); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -9,7 +9,7 @@
 //	hello.token=T          returned as the agent version ("hello-T")
 //	hello.share=TAG        mount the shared directory TAG at /mnt
 //	hello.share_type=T     9p (default) or virtiofs
-//	hello.addr=URL         where to serve (default serial://agent.channel.0)
+//	agent.server_addr=URL  where to serve (default serial://agent.channel.0)
 //
 // A Health.Check whose service is "poweroff" powers the VM off after the
 // reply.
@@ -78,7 +78,7 @@ func run() error {
 		}
 	}
 	addr := "serial://agent.channel.0"
-	if a := args["hello.addr"]; a != "" {
+	if a := args["agent.server_addr"]; a != "" {
 		addr = a
 	}
 	return serve(addr, args["hello.token"])
@@ -130,7 +130,8 @@ func loadModules(list string) error {
 		}
 		path, params, _ := strings.Cut(line, " ")
 		if err := loadModule(path, params); err != nil {
-			return err
+			// Not the agent: carry on with what loaded.
+			logf("%v", err)
 		}
 	}
 	return s.Err()
