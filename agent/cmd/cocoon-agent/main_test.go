@@ -43,7 +43,7 @@ type agentProc struct {
 
 // startAgent runs this binary as the agent on a unix socket with a config
 // file that keeps its bundles and cgroups under test-owned names.
-func startAgent(t *testing.T, extraEnv ...string) *agentProc {
+func startAgent(t testing.TB, extraEnv ...string) *agentProc {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "cocoon-main-")
 	if err != nil {
@@ -88,7 +88,7 @@ func cgroupDirs(parent string) []string {
 	return append(out, filepath.Join("/sys/fs/cgroup", parent))
 }
 
-func (a *agentProc) dial(t *testing.T) *ttrpc.Client {
+func (a *agentProc) dial(t testing.TB) *ttrpc.Client {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -111,7 +111,7 @@ func (a *agentProc) dial(t *testing.T) *ttrpc.Client {
 }
 
 // stop sends SIGTERM and expects a clean exit that removes the socket.
-func (a *agentProc) stop(t *testing.T) {
+func (a *agentProc) stop(t testing.TB) {
 	t.Helper()
 	a.cmd.Process.Signal(syscall.SIGTERM)
 	select {
