@@ -19,14 +19,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cocoon-containers/cocoon/agent/agenttest"
-	"github.com/cocoon-containers/cocoon/agent/container"
+	// Container processes start as "<this test binary> init".
+	_ "github.com/cocoon-containers/cocoon/agent/container/reexec"
 	"github.com/cocoon-containers/cocoon/agent/server"
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 )
 
 func TestMain(m *testing.M) {
-	// Container processes start as "<this test binary> init".
-	container.MaybeInit()
 	os.Exit(m.Run())
 }
 

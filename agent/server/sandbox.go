@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -24,7 +23,21 @@ const (
 	maxDNSLine    = 256
 )
 
-var hostnamePattern = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$`)
+// validHostname accepts 1 to 63 of [a-zA-Z0-9.-], starting with a letter
+// or digit.
+func validHostname(h string) bool {
+	if len(h) == 0 || len(h) > 63 {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		alnum := (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+		if !alnum && (i == 0 || (c != '.' && c != '-')) {
+			return false
+		}
+	}
+	return true
+}
 
 func (s *Server) CreateSandbox(ctx context.Context, req *agentpb.CreateSandboxRequest) (*emptypb.Empty, error) {
 	if req.SandboxId != "" {
@@ -32,7 +45,7 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentpb.CreateSandboxRe
 			return nil, err
 		}
 	}
-	if req.Hostname != "" && !hostnamePattern.MatchString(req.Hostname) {
+	if req.Hostname != "" && !validHostname(req.Hostname) {
 		return nil, fmt.Errorf("create sandbox: invalid hostname %q: %w", req.Hostname, errdefs.ErrInvalidArgument)
 	}
 	if len(req.Dns) > maxDNSEntries {

@@ -22,7 +22,9 @@ import (
 	"syscall"
 
 	"github.com/cocoon-containers/cocoon/agent/config"
-	"github.com/cocoon-containers/cocoon/agent/container"
+	// Container processes ("cocoon-agent init") are set up from its
+	// initializer, before the rest of the agent initializes.
+	_ "github.com/cocoon-containers/cocoon/agent/container/reexec"
 	"github.com/cocoon-containers/cocoon/agent/policy"
 	"github.com/cocoon-containers/cocoon/agent/server"
 	"github.com/cocoon-containers/cocoon/rpc/transport"
@@ -50,9 +52,6 @@ var subcommands = map[string]func(ctx context.Context, args []string) error{
 }
 
 func main() {
-	// Container processes: libcontainer's init half; never returns.
-	container.MaybeInit()
-
 	ctx := context.Background()
 	if len(os.Args) > 1 {
 		cmd, ok := subcommands[os.Args[1]]

@@ -17,16 +17,14 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/cocoon-containers/cocoon/agent/agenttest"
-	"github.com/cocoon-containers/cocoon/agent/container"
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 )
 
 const runMainEnv = "COCOON_AGENT_TEST_RUN_MAIN"
 
-// TestMain lets the test binary act as the agent: as "init" for container
-// processes, and as the whole agent when the tests start it as a child.
+// TestMain lets the test binary act as the whole agent when the tests start
+// it as a child (main.go's reexec import makes it "init" for containers).
 func TestMain(m *testing.M) {
-	container.MaybeInit()
 	if os.Getenv(runMainEnv) == "1" {
 		main()
 		os.Exit(0)
