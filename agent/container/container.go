@@ -442,13 +442,23 @@ func clampOOMScoreAdj(log *slog.Logger, p *specs.Process) {
 		return
 	}
 	cur, err := readOOMScoreAdj()
-	if err != nil || *p.OOMScoreAdj >= cur || hasCapSysResource() {
+	if err != nil {
 		return
 	}
-	log.Warn("oom_score_adj below the agent's own without CAP_SYS_RESOURCE: clamped",
-		"requested", *p.OOMScoreAdj, "used", cur)
-	v := cur
-	p.OOMScoreAdj = &v
+	if v, clamped := clampOOM(*p.OOMScoreAdj, cur, hasCapSysResource()); clamped {
+		log.Warn("oom_score_adj below the agent's own without CAP_SYS_RESOURCE: clamped",
+			"requested", *p.OOMScoreAdj, "used", v)
+		p.OOMScoreAdj = &v
+	}
+}
+
+// clampOOM returns the oom_score_adj to use: the kernel refuses to lower
+// it below the current value without CAP_SYS_RESOURCE.
+func clampOOM(requested, current int, privileged bool) (int, bool) {
+	if requested >= current || privileged {
+		return requested, false
+	}
+	return current, true
 }
 
 func readOOMScoreAdj() (int, error) {
