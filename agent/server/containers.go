@@ -97,6 +97,9 @@ func (s *Server) CreateContainer(ctx context.Context, req *agentpb.CreateContain
 	if len(req.Devices) > 0 {
 		return nil, fmt.Errorf("create container %s: device passthrough is not supported: %w", id, errdefs.ErrInvalidArgument)
 	}
+	if req.SandboxPidns {
+		return nil, fmt.Errorf("create container %s: the sandbox pid namespace is not supported: %w", id, errdefs.ErrInvalidArgument)
+	}
 	if len(req.SharedMounts) > 0 {
 		return nil, fmt.Errorf("create container %s: shared mounts are not supported: %w", id, errdefs.ErrInvalidArgument)
 	}

@@ -144,6 +144,10 @@ func TestBadInput(t *testing.T) {
 			_, err := h.agent.CreateSandbox(h.ctx(), &agentpb.CreateSandboxRequest{Hostname: "a b\n"})
 			return err
 		}, codes.InvalidArgument},
+		{"sandbox pidns", func() error {
+			_, err := h.agent.CreateContainer(h.ctx(), &agentpb.CreateContainerRequest{ContainerId: "x", OCI: spec(nil), SandboxPidns: true})
+			return err
+		}, codes.InvalidArgument},
 		{"kernel modules", func() error {
 			_, err := h.agent.CreateSandbox(h.ctx(), &agentpb.CreateSandboxRequest{KernelModules: []*agentpb.KernelModule{{Name: "evil"}}})
 			return err

@@ -59,6 +59,9 @@ func (s *Server) CreateSandbox(ctx context.Context, req *agentpb.CreateSandboxRe
 	if req.GuestHookPath != "" {
 		return nil, fmt.Errorf("create sandbox: guest hooks are not supported: %w", errdefs.ErrInvalidArgument)
 	}
+	if req.SandboxPidns {
+		return nil, fmt.Errorf("create sandbox: a pid namespace shared by the pod's containers is not supported: %w", errdefs.ErrInvalidArgument)
+	}
 	if len(req.KernelModules) > 0 {
 		return nil, fmt.Errorf("create sandbox: loading kernel modules on request is not supported: %w", errdefs.ErrInvalidArgument)
 	}
