@@ -10,6 +10,12 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 pkg=./agent/cmd/cocoon-agent/
+# The agent side runs the production binary when `make build` made one,
+# otherwise the test binary acting as the agent.
+if [ -x bin/cocoon-agent ]; then
+  export COCOON_AGENT_BIN=$PWD/bin/cocoon-agent
+  echo "agent binary: bin/cocoon-agent"
+fi
 lat=$(go test -run '^$' -bench 'BenchmarkTrue' -benchtime 50x -count 3 "$pkg")
 rss=$(go test -run '^$' -bench 'BenchmarkAgentRSS' -benchtime 1x "$pkg")
 awk '

@@ -56,7 +56,12 @@ func startAgent(t testing.TB, extraEnv ...string) *agentProc {
 	}
 	sock := filepath.Join(dir, "agent.sock")
 	a := &agentProc{sock: sock, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	a.cmd = exec.Command(os.Args[0])
+	bin := os.Args[0]
+	if b := os.Getenv("COCOON_AGENT_BIN"); b != "" {
+		// The benchmark measures the production build when given one.
+		bin = b
+	}
+	a.cmd = exec.Command(bin)
 	a.cmd.Env = append(os.Environ(), runMainEnv+"=1", "COCOON_AGENT_CONFIG="+conf,
 		"COCOON_AGENT_SERVER_ADDR=unix://"+sock, "KATA_AGENT_SERVER_ADDR=")
 	a.cmd.Env = append(a.cmd.Env, extraEnv...)
