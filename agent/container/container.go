@@ -118,6 +118,9 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	spec.Linux = &linux
 	proc := *spec.Process
 	spec.Process = &proc
+	if err := resolveUser(spec.Root.Path, &spec.Process.User); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
 	clampOOMScoreAdj(log, spec.Process)
 
 	lcfg, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
@@ -201,6 +204,13 @@ func (c *Container) Exec(ctx context.Context, execID string, sp *specs.Process) 
 	// A process joining a frozen cgroup would block its start forever.
 	if st, err := c.lc.Status(); err != nil || st != libcontainer.Running {
 		return nil, fmt.Errorf("exec %s in container %s: container is %s: %w", execID, c.id, c.Status(), errdefs.ErrFailedPrecondition)
+	}
+	if sp.User.Username != "" {
+		proc := *sp
+		if err := resolveUser(c.lc.Config().Rootfs, &proc.User); err != nil {
+			return nil, fmt.Errorf("exec %s in container %s: %w", execID, c.id, err)
+		}
+		sp = &proc
 	}
 	p, err := c.spawn(execID, sp, false)
 	if err != nil {

@@ -464,8 +464,8 @@ func statsToProto(st *cgroups.Stats) *agentpb.CgroupStats {
 	return out
 }
 
-// applyStringUser applies numeric string_user fields; names would need
-// the container's /etc/passwd and are refused.
+// applyStringUser applies string_user: a numeric uid or gid is used as
+// is; a user name is resolved later in the container's /etc/passwd.
 func applyStringUser(p *specs.Process, u *agentpb.StringUser) error {
 	if u == nil || (u.Uid == "" && u.Gid == "" && len(u.AdditionalGids) == 0) {
 		return nil
@@ -478,11 +478,13 @@ func applyStringUser(p *specs.Process, u *agentpb.StringUser) error {
 		return uint32(n), nil
 	}
 	if u.Uid != "" {
-		v, err := parse("uid", u.Uid)
-		if err != nil {
+		if v, err := strconv.ParseUint(u.Uid, 10, 32); err == nil {
+			p.User.UID = uint32(v)
+		} else if err := container.ValidateID("user", u.Uid); err != nil {
 			return err
+		} else {
+			p.User.Username = u.Uid
 		}
-		p.User.UID = v
 	}
 	if u.Gid != "" {
 		v, err := parse("gid", u.Gid)

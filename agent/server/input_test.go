@@ -80,8 +80,16 @@ func TestBadInput(t *testing.T) {
 			_, err := h.agent.CreateContainer(h.ctx(), &agentpb.CreateContainerRequest{ContainerId: "x", OCI: spec(nil), Storages: []*agentpb.Storage{{Driver: "local"}}})
 			return err
 		}, codes.FailedPrecondition},
-		{"non-numeric user", func() error {
-			_, err := h.agent.CreateContainer(h.ctx(), &agentpb.CreateContainerRequest{ContainerId: "x", OCI: spec(nil), StringUser: &agentpb.StringUser{Uid: "root"}})
+		{"unknown user", func() error {
+			_, err := h.agent.CreateContainer(h.ctx(), &agentpb.CreateContainerRequest{ContainerId: "x", OCI: spec(nil), StringUser: &agentpb.StringUser{Uid: "nosuchuser"}})
+			return err
+		}, codes.InvalidArgument},
+		{"user name with a colon", func() error {
+			_, err := h.agent.CreateContainer(h.ctx(), &agentpb.CreateContainerRequest{ContainerId: "x", OCI: spec(nil), StringUser: &agentpb.StringUser{Uid: "root:0"}})
+			return err
+		}, codes.InvalidArgument},
+		{"non-numeric gid", func() error {
+			_, err := h.agent.CreateContainer(h.ctx(), &agentpb.CreateContainerRequest{ContainerId: "x", OCI: spec(nil), StringUser: &agentpb.StringUser{Gid: "wheel"}})
 			return err
 		}, codes.InvalidArgument},
 		{"start unknown", func() error {

@@ -237,3 +237,21 @@ func TestRemoveTimeout(t *testing.T) {
 		t.Errorf("second remove: got %v, want NotFound", err)
 	}
 }
+
+func TestExecAsNamedUser(t *testing.T) {
+	agenttest.RequireRoot(t)
+	h := newHarness(t, nil)
+	h.sandbox()
+	h.running("c")
+	p := &agentpb.Process{Args: []string{"sh", "-c", "id -u; id -g"}, Env: []string{"PATH=/bin"}, Cwd: "/", User: &agentpb.User{}}
+	if _, err := h.agent.ExecProcess(h.ctx(), &agentpb.ExecProcessRequest{ContainerId: "c", ExecId: "u", Process: p,
+		StringUser: &agentpb.StringUser{Uid: "nobody"}}); err != nil {
+		t.Fatalf("ExecProcess as nobody: %v", err)
+	}
+	if got, want := h.readAll("c", "u", false), "65534\n65534\n"; got != want {
+		t.Errorf("ids: got %q, want %q", got, want)
+	}
+	if got := h.wait("c", "u"); got != 0 {
+		t.Errorf("exit status: got %d, want 0", got)
+	}
+}
