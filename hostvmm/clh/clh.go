@@ -274,73 +274,25 @@ func (s *sandbox) expectState(ctx context.Context, want VMState) error {
 	return nil
 }
 
-// startVirtiofsd starts one virtiofsd per shared directory and waits for
-// its socket.
+// startVirtiofsd starts one virtiofsd per shared directory.
 func (l *Launcher) startVirtiofsd(s *sandbox) error {
 	if len(s.cfg.SharedDirs) == 0 {
 		return nil
 	}
-	bin := l.Virtiofsd
-	if bin == "" {
-		bin = "virtiofsd"
-		if _, err := exec.LookPath(bin); err != nil {
-			bin = "/usr/lib/qemu/virtiofsd"
-		}
-	}
-	path, err := exec.LookPath(bin)
+	v, err := hostvmm.FindVirtiofsd(l.Virtiofsd)
 	if err != nil {
-		return fmt.Errorf("sandbox %s: find virtiofsd: %w", s.cfg.ID, errdefs.ErrNotFound.WithMessage(err.Error()))
+		return fmt.Errorf("sandbox %s: %w", s.cfg.ID, err)
 	}
-	rust := virtiofsdIsRust(path)
 	for _, d := range s.cfg.SharedDirs {
-		sock := hostvmm.VirtiofsdSocket(s.cfg.StateDir, d.Tag)
-		var args []string
-		if rust {
-			args = []string{"--socket-path=" + sock, "--shared-dir=" + d.HostPath, "--cache=never", "--sandbox=namespace"}
-			if d.ReadOnly {
-				args = append(args, "--readonly")
-			}
-		} else {
-			if d.ReadOnly {
-				return fmt.Errorf("sandbox %s: shared dir %s: %s cannot share read-only; install the virtiofsd package: %w", s.cfg.ID, d.Tag, path, errdefs.ErrNotImplemented)
-			}
-			args = []string{"--socket-path=" + sock, "-o", "source=" + d.HostPath, "-o", "cache=none", "-o", "sandbox=namespace"}
+		p, err := v.Start(s.cfg.StateDir, d, &s.made)
+		if p != nil {
+			s.helpers = append(s.helpers, p)
 		}
-		s.made = append(s.made, sock)
-		cmd := exec.Command(path, args...)
-		logf, err := os.OpenFile(filepath.Join(s.cfg.StateDir, "virtiofsd-"+d.Tag+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 		if err != nil {
 			return fmt.Errorf("sandbox %s: %w", s.cfg.ID, err)
 		}
-		s.made = append(s.made, logf.Name())
-		cmd.Stdout, cmd.Stderr = logf, logf
-		p, err := hostvmm.StartProcess(cmd)
-		logf.Close()
-		if err != nil {
-			return fmt.Errorf("sandbox %s: virtiofsd for %s: %w", s.cfg.ID, d.Tag, err)
-		}
-		s.helpers = append(s.helpers, p)
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if _, err := os.Stat(sock); err == nil {
-				break
-			}
-			if p.Exited() {
-				return fmt.Errorf("sandbox %s: virtiofsd for %s %s", s.cfg.ID, d.Tag, p.Exit().Reason)
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("sandbox %s: virtiofsd for %s made no socket in 10s", s.cfg.ID, d.Tag)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
 	}
 	return nil
-}
-
-// virtiofsdIsRust tells the Rust virtiofsd (--shared-dir) from QEMU's C one.
-func virtiofsdIsRust(path string) bool {
-	out, _ := exec.Command(path, "--help").CombinedOutput()
-	return bytes.Contains(out, []byte("--shared-dir"))
 }
 
 type sandbox struct {

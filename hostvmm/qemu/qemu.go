@@ -3,8 +3,8 @@
 // port named agent.channel.0 backed by a host unix socket (the agent
 // listens on serial://agent.channel.0, which the launcher puts on the
 // kernel command line as agent.server_addr unless the caller set an
-// address; the host dials unix://SOCKET);
-// shared directories travel over virtio-9p; QMP stops the VM.
+// address; the host dials unix://SOCKET); shared directories travel over
+// virtio-9p or virtio-fs; QMP stops the VM.
 package qemu
 
 import (
@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -43,6 +44,12 @@ type Launcher struct {
 	Accel string
 	// Machine is microvm (default) or q35; SNP always uses q35.
 	Machine string
+	// SharedFS is how shared directories travel: "9p" (default) or
+	// "virtiofs" (one virtiofsd per directory, guest memory shared).
+	SharedFS string
+	// Virtiofsd is the virtiofsd binary (default: virtiofsd on PATH, else
+	// /usr/lib/qemu/virtiofsd).
+	Virtiofsd string
 	// Firmware is the OVMF image an SNP guest boots with.
 	Firmware string
 	// StartTimeout bounds the wait for QEMU's QMP socket (default 30s).
@@ -177,16 +184,31 @@ func (l *Launcher) Args(cfg *hostvmm.Config) ([]string, error) {
 	e := hostvmm.Escape
 
 	mopts := machine + ",accel=" + accel
+	var args []string
 	if machine == MachineMicroVM {
-		// Debian's virtio_mmio finds its devices through ACPI.
+		// Debian's virtio_mmio finds its devices through ACPI. Modern
+		// (virtio 1) mmio devices: vhost-user backends refuse legacy ones.
 		mopts += ",acpi=on"
+		args = append(args, "-global", "virtio-mmio.force-legacy=false")
 	}
 	cpu := "host"
 	if accel == "tcg" {
 		cpu = "max"
 	}
 	memMiB := strconv.Itoa(cfg.MemoryMiB)
-	var args []string
+	virtiofs := false
+	switch l.SharedFS {
+	case "", "9p":
+	case "virtiofs":
+		virtiofs = len(cfg.SharedDirs) > 0
+	default:
+		return nil, fmt.Errorf("qemu shared fs %q: want 9p or virtiofs: %w", l.SharedFS, errdefs.ErrInvalidArgument)
+	}
+	if virtiofs {
+		// vhost-user devices need guest memory the daemon can map.
+		mopts += ",memory-backend=ram0"
+		args = append(args, "-object", "memory-backend-memfd,id=ram0,size="+memMiB+"M,share=on")
+	}
 	if snp {
 		mopts += ",confidential-guest-support=sev0,memory-backend=ram0"
 		cpu = "EPYC-v4"
@@ -228,6 +250,12 @@ func (l *Launcher) Args(cfg *hostvmm.Config) ([]string, error) {
 	}
 	for i, s := range cfg.SharedDirs {
 		id := "fs" + strconv.Itoa(i)
+		if virtiofs {
+			args = append(args,
+				"-chardev", "socket,id="+id+",path="+e(hostvmm.VirtiofsdSocket(cfg.StateDir, s.Tag)),
+				"-device", dev("vhost-user-fs")+",chardev="+id+",tag="+s.Tag)
+			continue
+		}
 		opt := "local,id=" + id + ",path=" + e(s.HostPath) + ",security_model=none"
 		if s.ReadOnly {
 			opt += ",readonly=on"
@@ -280,6 +308,22 @@ func (l *Launcher) Start(ctx context.Context, cfg hostvmm.Config) (hostvmm.Sandb
 		}
 	}()
 
+	if l.SharedFS == "virtiofs" && len(cfg.SharedDirs) > 0 {
+		v, err := hostvmm.FindVirtiofsd(l.Virtiofsd)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox %s: %w", cfg.ID, err)
+		}
+		for _, d := range cfg.SharedDirs {
+			p, err := v.Start(cfg.StateDir, d, &s.made)
+			if p != nil {
+				s.helpers = append(s.helpers, p)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("sandbox %s: %w", cfg.ID, err)
+			}
+		}
+	}
+
 	stderr, err := os.OpenFile(filepath.Join(cfg.StateDir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", cfg.ID, err)
@@ -317,6 +361,7 @@ type sandbox struct {
 	files            files
 	log              *slog.Logger
 	proc             *hostvmm.Process
+	helpers          []*hostvmm.Process // virtiofsd
 	qmp              *qmp
 	quitTimeout      time.Duration
 	powerdownTimeout time.Duration
@@ -409,6 +454,18 @@ func (s *sandbox) Stop(ctx context.Context) error {
 	s.stopMu.Lock()
 	defer s.stopMu.Unlock()
 	s.stopped = true
+	if err := s.stopVM(ctx); err != nil {
+		return err
+	}
+	for _, h := range s.helpers {
+		if err := h.Terminate(syscall.SIGTERM, 5*time.Second); err != nil {
+			return fmt.Errorf("sandbox %s: stop virtiofsd: %w", s.cfg.ID, err)
+		}
+	}
+	return nil
+}
+
+func (s *sandbox) stopVM(ctx context.Context) error {
 	if s.proc.Exited() {
 		return nil
 	}
@@ -449,9 +506,11 @@ func (s *sandbox) qmpStep(ctx context.Context, cmd string, timeout time.Duration
 // Cleanup kills QEMU if it still runs and removes its sockets and logs.
 func (s *sandbox) Cleanup() error {
 	var errs []error
-	if s.proc != nil && !s.proc.Exited() {
-		if err := s.proc.Kill(10 * time.Second); err != nil {
-			errs = append(errs, err)
+	for _, p := range append([]*hostvmm.Process{s.proc}, s.helpers...) {
+		if p != nil && !p.Exited() {
+			if err := p.Kill(10 * time.Second); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if s.qmp != nil {

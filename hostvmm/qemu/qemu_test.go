@@ -95,6 +95,7 @@ func TestArgs(t *testing.T) {
 				"-qmp":     {"unix:/run/cocoon/vm1/qmp.sock,server=on,wait=off"},
 				"-chardev": {"socket,id=agent,path=/run/cocoon/vm1/agent.sock,server=on,wait=off", "file,id=console,path=/run/cocoon/vm1/console.log"},
 				"-device":  {"virtio-serial-device", "virtserialport,chardev=agent,name=agent.channel.0"},
+				"-global":  {"virtio-mmio.force-legacy=false"},
 			},
 			appendIn: []string{"console=ttyS0", "tsc_early_khz=", "agent.server_addr=serial://agent.channel.0"},
 			appendNo: []string{"cocoon."},
@@ -121,6 +122,21 @@ func TestArgs(t *testing.T) {
 			},
 			appendIn: []string{"console=ttyS0 dm-mod.create=x"},
 			appendNo: []string{"tsc_early_khz"},
+		},
+		{
+			name:     "virtio-fs",
+			launcher: Launcher{Accel: "tcg", SharedFS: "virtiofs"},
+			cfg: func() hostvmm.Config {
+				c := base()
+				c.SharedDirs = []hostvmm.SharedDir{{Tag: "sh0", HostPath: share}}
+				return c
+			},
+			want: map[string][]string{
+				"-machine": {"microvm,accel=tcg,acpi=on,memory-backend=ram0"},
+				"-object":  {"memory-backend-memfd,id=ram0,size=512M,share=on"},
+				"-chardev": {"socket,id=fs0,path=/run/cocoon/vm1/virtiofsd-sh0.sock"},
+				"-device":  {"vhost-user-fs-device,chardev=fs0,tag=sh0"},
+			},
 		},
 		{
 			name:     "simulated confidential",
@@ -359,6 +375,9 @@ func boot(t *testing.T, cfg hostvmm.Config) hostvmm.Sandbox {
 	cfg.Kernel, cfg.Initrd = img.Kernel, img.Initrd
 	cfg.Cmdline = strings.TrimSpace("console=ttyS0 quiet panic=-1 " + cfg.Cmdline)
 	l := &Launcher{Accel: "tcg", QuitTimeout: 5 * time.Second}
+	if strings.Contains(cfg.Cmdline, "hello.share_type=virtiofs") {
+		l.SharedFS = "virtiofs"
+	}
 	sb, err := l.Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start: %v", err)
@@ -431,36 +450,12 @@ func TestBoot(t *testing.T) {
 	vmtest.RequireRoot(t)
 	helloImage(t)
 
-	t.Run("agent channel, share and guest poweroff", func(t *testing.T) {
-		t.Parallel()
-		share := t.TempDir()
-		if err := os.WriteFile(filepath.Join(share, "from-host"), []byte("cocoon\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		state := filepath.Join(shortTempDir(t), "state")
-		sb := boot(t, hostvmm.Config{StateDir: state, Cmdline: "hello.token=t1 hello.share=shared",
-			SharedDirs: []hostvmm.SharedDir{{Tag: "shared", HostPath: share}}})
-		if got, want := sb.AgentAddr(), "unix://"+filepath.Join(state, "agent.sock"); got != want {
-			t.Errorf("agent addr = %q, want %q", got, want)
-		}
-		if got, want := health(t, sb, "poweroff"), "hello-t1"; got != want {
-			t.Errorf("agent version = %q, want %q", got, want)
-		}
-		if got, want := readFile(filepath.Join(share, "from-guest")), "noococ"; got != want {
-			t.Errorf("guest's answer in the share = %q, want %q", got, want)
-		}
-		e := waitExit(t, sb)
-		if got, want := e.Reason, "shutdown (guest-shutdown)"; got != want {
-			t.Errorf("exit reason = %q, want %q", got, want)
-		}
-		if !strings.Contains(readFile(sb.ConsoleLog()), "helloinit: serving health") {
-			t.Errorf("console log lacks the init's message:\n%s", readFile(sb.ConsoleLog()))
-		}
-		if err := sb.Stop(context.Background()); err != nil {
-			t.Errorf("stop after exit: %v", err)
-		}
-		assertGone(t, sb, state)
-	})
+	for _, fs := range []string{"9p", "virtiofs"} {
+		t.Run("agent channel, "+fs+" share and guest poweroff", func(t *testing.T) {
+			t.Parallel()
+			bootShareAndPoweroff(t, fs)
+		})
+	}
 
 	t.Run("stop and kill", func(t *testing.T) {
 		t.Parallel()
@@ -513,4 +508,38 @@ func sha256Of(t *testing.T, p string) []byte {
 	}
 	s := sha256.Sum256(b)
 	return s[:]
+}
+
+// bootShareAndPoweroff boots a VM sharing a directory over fs, checks the
+// agent channel and the guest's answer in the share, then lets the guest
+// power itself off and checks that cleanup leaves nothing.
+func bootShareAndPoweroff(t *testing.T, fs string) {
+	share := shortTempDir(t)
+	if err := os.WriteFile(filepath.Join(share, "from-host"), []byte("cocoon\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(shortTempDir(t), "state")
+	sb := boot(t, hostvmm.Config{StateDir: state, Cmdline: "hello.token=t1 hello.share=shared hello.share_type=" + fs,
+		SharedDirs: []hostvmm.SharedDir{{Tag: "shared", HostPath: share}}})
+
+	if got, want := sb.AgentAddr(), "unix://"+filepath.Join(state, "agent.sock"); got != want {
+		t.Errorf("agent addr = %q, want %q", got, want)
+	}
+	if got, want := health(t, sb, "poweroff"), "hello-t1"; got != want {
+		t.Errorf("agent version = %q, want %q", got, want)
+	}
+	if got, want := readFile(filepath.Join(share, "from-guest")), "noococ"; got != want {
+		t.Errorf("guest's answer in the share = %q, want %q", got, want)
+	}
+	e := waitExit(t, sb)
+	if got, want := e.Reason, "shutdown (guest-shutdown)"; got != want {
+		t.Errorf("exit reason = %q, want %q", got, want)
+	}
+	if !strings.Contains(readFile(sb.ConsoleLog()), "helloinit: serving health") {
+		t.Errorf("console log lacks the init's message:\n%s", readFile(sb.ConsoleLog()))
+	}
+	if err := sb.Stop(context.Background()); err != nil {
+		t.Errorf("stop after exit: %v", err)
+	}
+	assertGone(t, sb, state)
 }
