@@ -369,8 +369,7 @@ type sandbox struct {
 	createdDir bool
 	made       []string // files to remove on cleanup
 
-	stopMu  sync.Mutex
-	stopped bool // Stop ran: the exit is ours
+	stopMu sync.Mutex
 }
 
 func (s *sandbox) prepareStateDir() error {
@@ -453,7 +452,6 @@ func (s *sandbox) Wait(ctx context.Context) (hostvmm.ExitInfo, error) {
 func (s *sandbox) Stop(ctx context.Context) error {
 	s.stopMu.Lock()
 	defer s.stopMu.Unlock()
-	s.stopped = true
 	if err := s.stopVM(ctx); err != nil {
 		return err
 	}
