@@ -78,7 +78,7 @@ func launcher() *Launcher {
 	if err != nil {
 		panic(err)
 	}
-	return &Launcher{Binary: exe, Virtiofsd: exe, StartTimeout: 10 * time.Second, ShutdownTimeout: 500 * time.Millisecond}
+	return &Launcher{Binary: exe, Virtiofsd: exe, StartTimeout: 30 * time.Second, ShutdownTimeout: 30 * time.Second}
 }
 
 // checkGolden compares the recorded requests, with the temporary paths
@@ -141,7 +141,7 @@ func processesMentioning(s string) []string {
 
 func health(t *testing.T, sb hostvmm.Sandbox) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	conn, err := sb.DialAgent(ctx)
 	if err != nil {
@@ -221,6 +221,7 @@ func TestLaunch(t *testing.T) {
 		{
 			name: "vmm ignores shutdown", features: "kvm", mode: "ignore-shutdown",
 			stop: func(t *testing.T, sb hostvmm.Sandbox) {
+				sb.(*sandbox).shutdownTimeout = 200 * time.Millisecond
 				if err := sb.Stop(context.Background()); err != nil {
 					t.Fatal(err)
 				}
@@ -255,7 +256,7 @@ func TestLaunch(t *testing.T) {
 				t.Errorf("agent version = %q, want %q", got, want)
 			}
 			tt.stop(t, sb)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			ex, err := sb.Wait(ctx)
 			if err != nil {

@@ -65,7 +65,7 @@ func start(t *testing.T, cfg hostvmm.Config) *sandbox {
 	}
 	cfg.ID = "proc-test"
 	cfg.AgentBinary = hello(t)
-	l := &Launcher{Env: []string{"HELLO_TOKEN=p1"}, StopTimeout: 5 * time.Second}
+	l := &Launcher{Env: []string{"HELLO_TOKEN=p1"}, StopTimeout: time.Minute}
 	sb, err := l.Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start: %v", err)
@@ -76,7 +76,7 @@ func start(t *testing.T, cfg hostvmm.Config) *sandbox {
 
 func version(t *testing.T, sb hostvmm.Sandbox, service string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	conn, err := sb.DialAgent(ctx)
 	if err != nil {
@@ -110,7 +110,7 @@ func nsLink(t *testing.T, pid, ns string) string {
 // gone waits briefly for pid to disappear (the kernel tears down a PID
 // namespace asynchronously after its init dies).
 func gone(pid int) bool {
-	for i := 0; i < 100; i++ {
+	for i := 0; i < 500; i++ {
 		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
 			return true
 		}
@@ -184,7 +184,7 @@ func TestProcessSandbox(t *testing.T) {
 
 	// The agent exits by itself: reported, and cleanup leaves nothing.
 	version(t, sb, "poweroff")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	e, err := sb.Wait(ctx)
 	if err != nil {
@@ -231,7 +231,7 @@ func TestProcessStopAndKill(t *testing.T) {
 			version(t, sb, "")
 			pid := sb.AgentPid()
 			tt.end(t, sb)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			e, err := sb.Wait(ctx)
 			if err != nil {

@@ -430,7 +430,7 @@ func (s *sandbox) exit() hostvmm.ExitInfo {
 	// QEMU closes QMP as it exits; let the reader record the last event.
 	select {
 	case <-s.qmp.closed:
-	case <-time.After(time.Second):
+	case <-time.After(5 * time.Second):
 	}
 	if r := s.qmp.shutdownReason(); r != "" && e.Code == 0 {
 		e.Reason = "shutdown (" + r + ")"

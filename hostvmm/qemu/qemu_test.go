@@ -374,7 +374,7 @@ func boot(t *testing.T, cfg hostvmm.Config) hostvmm.Sandbox {
 	}
 	cfg.Kernel, cfg.Initrd = img.Kernel, img.Initrd
 	cfg.Cmdline = strings.TrimSpace("console=ttyS0 quiet panic=-1 " + cfg.Cmdline)
-	l := &Launcher{Accel: "tcg", QuitTimeout: 5 * time.Second}
+	l := &Launcher{Accel: "tcg", QuitTimeout: time.Minute}
 	if strings.Contains(cfg.Cmdline, "hello.share_type=virtiofs") {
 		l.SharedFS = "virtiofs"
 	}
