@@ -8,7 +8,9 @@
 // never for workloads that need protection. A confidential=snp launch is
 // refused.
 //
-// Inside the namespaces the agent is PID 1 and finds:
+// Inside the namespaces a shell is PID 1 (it reaps orphans and forwards
+// SIGTERM); the agent is its child, so it does not take itself for a VM's
+// init. The agent finds:
 //
 //	/run                       a private tmpfs
 //	/run/cocoon-host           the sandbox state directory (bind mount)
@@ -85,7 +87,18 @@ while [ $# -ge 3 ]; do
 	shift 3
 done
 exec 3<&-
-exec "$agent"
+# PID 1 of the namespace is this shell, not the agent: the agent would take
+# PID 1 for a VM's init and set up the machine. The shell reaps orphans
+# while it waits and forwards SIGTERM and SIGINT.
+"$agent" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM
+trap 'kill -INT "$child" 2>/dev/null' INT
+while :; do
+	rc=0
+	wait "$child" || rc=$?
+	kill -0 "$child" 2>/dev/null || exit "$rc"
+done
 `
 
 // Start runs the agent and returns at once; DialAgent waits for its socket.
@@ -217,9 +230,10 @@ func (s *sandbox) Wait(ctx context.Context) (hostvmm.ExitInfo, error) {
 	return e, nil
 }
 
-// AgentPid is the agent's host pid (the child of unshare), or 0.
-func (s *sandbox) AgentPid() int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(s.proc.Pid()) + "/task/" + strconv.Itoa(s.proc.Pid()) + "/children")
+// firstChild is the first child of pid, or 0.
+func firstChild(pid int) int {
+	p := strconv.Itoa(pid)
+	b, err := os.ReadFile("/proc/" + p + "/task/" + p + "/children")
 	if err != nil {
 		return 0
 	}
@@ -227,19 +241,31 @@ func (s *sandbox) AgentPid() int {
 	if len(f) == 0 {
 		return 0
 	}
-	pid, _ := strconv.Atoi(f[0])
-	return pid
+	c, _ := strconv.Atoi(f[0])
+	return c
 }
 
-// Stop sends SIGTERM to the agent (PID 1 of its namespace, so it must
-// handle the signal), waits, then kills the namespace's processes.
+// initPid is the host pid of the namespace's PID 1 (the shell unshare
+// forked), or 0.
+func (s *sandbox) initPid() int { return firstChild(s.proc.Pid()) }
+
+// AgentPid is the agent's host pid, or 0 while it is not running.
+func (s *sandbox) AgentPid() int {
+	if p := s.initPid(); p > 0 {
+		return firstChild(p)
+	}
+	return 0
+}
+
+// Stop sends SIGTERM to the namespace's init, which passes it to the
+// agent, waits, then kills the namespace's processes.
 func (s *sandbox) Stop(ctx context.Context) error {
 	s.stopMu.Lock()
 	defer s.stopMu.Unlock()
 	if s.proc.Exited() {
 		return nil
 	}
-	if pid := s.AgentPid(); pid > 0 {
+	if pid := s.initPid(); pid > 0 {
 		syscall.Kill(pid, syscall.SIGTERM)
 	}
 	t := time.NewTimer(s.stopTimeout)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -147,12 +148,20 @@ func TestProcessSandbox(t *testing.T) {
 	if got, host := nsLink(t, p, "net"), nsLink(t, "self", "net"); got != host {
 		t.Errorf("agent net namespace %s, want the host's %s", got, host)
 	}
-	status, err := os.ReadFile("/proc/" + p + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(status), "NSpid:\t"+p+"\t1\n") {
-		t.Errorf("agent is not PID 1 of its namespace:\n%s", status)
+	// PID 1 of the namespace is the launcher's shell; the agent is not.
+	for _, tt := range []struct {
+		pid  int
+		what string
+		one  bool
+	}{{sb.initPid(), "init shell", true}, {pid, "agent", false}} {
+		status, err := os.ReadFile("/proc/" + strconv.Itoa(tt.pid) + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		isOne := strings.Contains(string(status), "NSpid:\t"+strconv.Itoa(tt.pid)+"\t1\n")
+		if isOne != tt.one {
+			t.Errorf("%s is PID 1 of its namespace: %v, want %v\n%s", tt.what, isOne, tt.one, status)
+		}
 	}
 	mi, err := os.ReadFile("/proc/" + p + "/mountinfo")
 	if err != nil {
@@ -217,7 +226,7 @@ func TestProcessStopAndKill(t *testing.T) {
 					t.Fatalf("stop #%d: %v", i+1, err)
 				}
 			}
-		}, "exited with code 2"},
+		}, "exited with code 0"},
 		{"kill -9 of the launcher's child", func(t *testing.T, sb *sandbox) {
 			if err := syscall.Kill(sb.proc.Pid(), syscall.SIGKILL); err != nil {
 				t.Fatal(err)
@@ -281,5 +290,45 @@ func TestProcessRefuses(t *testing.T) {
 				t.Fatalf("Start error = %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestRealAgent runs the cocoon-agent under the process launcher: it
+// serves Health on the launcher's socket without taking itself for a VM's
+// init, and ends cleanly on Stop.
+func TestRealAgent(t *testing.T) {
+	vmtest.RequireRoot(t)
+	bin := filepath.Join(t.TempDir(), "cocoon-agent")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/cocoon-containers/cocoon/agent/cmd/cocoon-agent")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build cocoon-agent: %v\n%s", err, out)
+	}
+	state := filepath.Join(shortTempDir(t), "state")
+	sb, err := (&Launcher{StopTimeout: time.Minute}).Start(context.Background(), hostvmm.Config{ID: "real-agent", StateDir: state, AgentBinary: bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Cleanup() })
+	if v := version(t, sb, ""); v == "" {
+		t.Error("agent version is empty")
+	}
+	if err := sb.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e, err := sb.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := e.Reason, "exited with code 0"; got != want {
+		b, _ := os.ReadFile(sb.ConsoleLog())
+		t.Errorf("exit after stop = %q, want %q; agent log:\n%s", got, want, b)
+	}
+	if err := sb.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state dir after cleanup: %v, want removed", err)
 	}
 }

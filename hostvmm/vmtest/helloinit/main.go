@@ -15,8 +15,8 @@
 // reply.
 //
 // Under the process launcher (COCOON_AGENT_SERVER_ADDR set) it only serves
-// Health on that address, with HELLO_TOKEN as the token, and "poweroff"
-// exits.
+// Health on that address, with HELLO_TOKEN as the token; "poweroff" and
+// SIGTERM make it exit with code 0.
 package main
 
 import (
@@ -25,6 +25,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
 	"time"
 
@@ -37,7 +38,14 @@ import (
 
 func main() {
 	if addr := os.Getenv("COCOON_AGENT_SERVER_ADDR"); addr != "" {
-		// Process launcher: no VM to set up, exit instead of powering off.
+		// Process launcher: no VM to set up, exit instead of powering off,
+		// and end cleanly on SIGTERM like the agent.
+		go func() {
+			c := make(chan os.Signal, 1)
+			signal.Notify(c, unix.SIGTERM)
+			<-c
+			os.Exit(0)
+		}()
 		if err := serve(addr, os.Getenv("HELLO_TOKEN")); err != nil {
 			logf("fatal: %v", err)
 			os.Exit(1)
