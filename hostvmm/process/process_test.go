@@ -3,6 +3,7 @@ package process
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
 
+	"github.com/cocoon-containers/cocoon/agent/agenttest"
 	"github.com/cocoon-containers/cocoon/hostvmm"
 	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
@@ -294,17 +296,26 @@ func TestProcessRefuses(t *testing.T) {
 }
 
 // TestRealAgent runs the cocoon-agent under the process launcher: it
-// serves Health on the launcher's socket without taking itself for a VM's
-// init, and ends cleanly on Stop.
+// serves the agent API on the launcher's socket without taking itself for
+// a VM's init, runs a busybox container whose output and exit code come
+// back, and ends cleanly on Stop.
 func TestRealAgent(t *testing.T) {
 	vmtest.RequireRoot(t)
-	bin := filepath.Join(t.TempDir(), "cocoon-agent")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "cocoon-agent")
 	cmd := exec.Command("go", "build", "-o", bin, "github.com/cocoon-containers/cocoon/agent/cmd/cocoon-agent")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build cocoon-agent: %v\n%s", err, out)
 	}
+	cgroup := fmt.Sprintf("/cocoon-hostvmm-test-%d", os.Getpid())
+	t.Cleanup(func() { removeCgroup(t, cgroup) })
+	conf := filepath.Join(dir, "agent.toml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("cgroup_parent = %q\n", cgroup)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	state := filepath.Join(shortTempDir(t), "state")
-	sb, err := (&Launcher{StopTimeout: time.Minute}).Start(context.Background(), hostvmm.Config{ID: "real-agent", StateDir: state, AgentBinary: bin})
+	l := &Launcher{StopTimeout: time.Minute, Env: []string{"COCOON_AGENT_CONFIG=" + conf}}
+	sb, err := l.Start(context.Background(), hostvmm.Config{ID: "real-agent", StateDir: state, AgentBinary: bin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,11 +323,57 @@ func TestRealAgent(t *testing.T) {
 	if v := version(t, sb, ""); v == "" {
 		t.Error("agent version is empty")
 	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	conn, err := sb.DialAgent(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	agent := agentpb.NewAgentServiceClient(client)
+	if _, err := agent.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{Hostname: "pod", SandboxId: "sb1"}); err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	rootfs := agenttest.BusyboxRootfs(t, dir, "c1")
+	spec := agenttest.Spec(rootfs, "sh", "-c", "echo hello from $(hostname); exit 3")
+	if _, err := agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "c1", ExecId: "c1", OCI: spec}); err != nil {
+		b, _ := os.ReadFile(sb.ConsoleLog())
+		t.Fatalf("CreateContainer: %v\nagent log:\n%s", err, b)
+	}
+	if _, err := agent.StartContainer(ctx, &agentpb.StartContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	var out strings.Builder
+	for {
+		r, err := agent.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: "c1", ExecId: "c1", Len: 64 << 10})
+		if err != nil {
+			t.Fatalf("ReadStdout: %v", err)
+		}
+		if len(r.Data) == 0 {
+			break
+		}
+		out.Write(r.Data)
+	}
+	w, err := agent.WaitProcess(ctx, &agentpb.WaitProcessRequest{ContainerId: "c1", ExecId: "c1"})
+	if err != nil {
+		t.Fatalf("WaitProcess: %v", err)
+	}
+	if got, want := out.String(), "hello from cocoon-test\n"; got != want {
+		t.Errorf("container output = %q, want %q", got, want)
+	}
+	if got, want := w.Status, int32(3); got != want {
+		t.Errorf("container exit status = %d, want %d", got, want)
+	}
+	if _, err := agent.RemoveContainer(ctx, &agentpb.RemoveContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatalf("RemoveContainer: %v", err)
+	}
+	client.Close()
+
 	if err := sb.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	e, err := sb.Wait(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -330,5 +387,30 @@ func TestRealAgent(t *testing.T) {
 	}
 	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("state dir after cleanup: %v, want removed", err)
+	}
+}
+
+// removeCgroup removes the agent's cgroup parent in every hierarchy, and
+// fails the test when a container cgroup is left in it.
+func removeCgroup(t *testing.T, parent string) {
+	dirs := []string{filepath.Join("/sys/fs/cgroup", parent)}
+	if ents, err := os.ReadDir("/sys/fs/cgroup"); err == nil {
+		for _, e := range ents {
+			dirs = append(dirs, filepath.Join("/sys/fs/cgroup", e.Name(), parent))
+		}
+	}
+	for _, d := range dirs {
+		ents, err := os.ReadDir(d)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if e.IsDir() {
+				t.Errorf("container cgroup left behind: %s", filepath.Join(d, e.Name()))
+			}
+		}
+		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("remove cgroup %s: %v", d, err)
+		}
 	}
 }
