@@ -409,6 +409,11 @@ func (s *sandbox) ConsoleLog() string { return s.files.console }
 // DialAgent connects to QEMU's end of the virtio-serial port. The
 // connection succeeds as soon as QEMU runs; bytes flow once the agent
 // opens the port, so the first RPC waits for the agent to come up.
+//
+// The port carries one stream: QEMU serves one connection at a time, and
+// a guest that does not notice a quick hang-up and reconnect keeps its old
+// ttrpc session (a new client's first stream id is then refused). Keep one
+// connection for the sandbox's life.
 func (s *sandbox) DialAgent(ctx context.Context) (net.Conn, error) {
 	if s.proc.Exited() {
 		return nil, fmt.Errorf("sandbox %s: dial agent: vm has exited (%s): %w", s.cfg.ID, s.exit().Reason, errdefs.ErrUnavailable)
