@@ -406,31 +406,12 @@ func (s *sandbox) Stop(ctx context.Context) error {
 
 // Cleanup kills what still runs and removes the sockets and logs.
 func (s *sandbox) Cleanup() error {
-	var errs []error
-	for _, p := range append([]*hostvmm.Process{s.proc}, s.helpers...) {
-		if p != nil && !p.Exited() {
-			if err := p.Kill(10 * time.Second); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	if s.api != nil {
-		s.api.close()
-	}
-	for _, p := range s.made {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	if s.createdDir {
-		if err := os.Remove(s.cfg.StateDir); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove state dir: %w", err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("sandbox %s: cleanup: %w", s.cfg.ID, err)
-	}
-	return nil
+	return hostvmm.Leftovers{
+		Procs:          append([]*hostvmm.Process{s.proc}, s.helpers...),
+		Files:          s.made,
+		StateDir:       s.cfg.StateDir,
+		RemoveStateDir: s.createdDir,
+	}.Cleanup(s.cfg.ID, s.closeAPI)
 }
 
 // client speaks HTTP/1.1 to the API socket.
@@ -511,4 +492,10 @@ func (c *client) do(ctx context.Context, method, endpoint string, in, out any) e
 		}
 	}
 	return nil
+}
+
+func (s *sandbox) closeAPI() {
+	if s.api != nil {
+		s.api.close()
+	}
 }

@@ -285,24 +285,10 @@ func (s *sandbox) Stop(ctx context.Context) error {
 }
 
 func (s *sandbox) Cleanup() error {
-	var errs []error
-	if s.proc != nil && !s.proc.Exited() {
-		if err := s.proc.Kill(10 * time.Second); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, p := range s.made {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	if s.createdDir {
-		if err := os.Remove(s.cfg.StateDir); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove state dir: %w", err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("sandbox %s: cleanup: %w", s.cfg.ID, err)
-	}
-	return nil
+	return hostvmm.Leftovers{
+		Procs:          []*hostvmm.Process{s.proc},
+		Files:          s.made,
+		StateDir:       s.cfg.StateDir,
+		RemoveStateDir: s.createdDir,
+	}.Cleanup(s.cfg.ID, nil)
 }

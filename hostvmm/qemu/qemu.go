@@ -508,29 +508,16 @@ func (s *sandbox) qmpStep(ctx context.Context, cmd string, timeout time.Duration
 
 // Cleanup kills QEMU if it still runs and removes its sockets and logs.
 func (s *sandbox) Cleanup() error {
-	var errs []error
-	for _, p := range append([]*hostvmm.Process{s.proc}, s.helpers...) {
-		if p != nil && !p.Exited() {
-			if err := p.Kill(10 * time.Second); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
+	return hostvmm.Leftovers{
+		Procs:          append([]*hostvmm.Process{s.proc}, s.helpers...),
+		Files:          s.made,
+		StateDir:       s.cfg.StateDir,
+		RemoveStateDir: s.createdDir,
+	}.Cleanup(s.cfg.ID, s.closeQMP)
+}
+
+func (s *sandbox) closeQMP() {
 	if s.qmp != nil {
 		s.qmp.close()
 	}
-	for _, p := range s.made {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	if s.createdDir {
-		if err := os.Remove(s.cfg.StateDir); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove state dir: %w", err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("sandbox %s: cleanup: %w", s.cfg.ID, err)
-	}
-	return nil
 }
