@@ -90,6 +90,9 @@ exec 3<&-
 # PID 1 of the namespace is this shell, not the agent: the agent would take
 # PID 1 for a VM's init and set up the machine. The shell reaps orphans
 # while it waits and forwards SIGTERM and SIGINT.
+# A wait cut short by a trap returns 128+signal, not the agent's status, so
+# the loop only ends once the agent is gone, and then asks the shell's job
+# table once more for the status it recorded.
 "$agent" &
 child=$!
 trap 'kill -TERM "$child" 2>/dev/null' TERM
@@ -97,7 +100,12 @@ trap 'kill -INT "$child" 2>/dev/null' INT
 while :; do
 	rc=0
 	wait "$child" || rc=$?
-	kill -0 "$child" 2>/dev/null || exit "$rc"
+	if ! kill -0 "$child" 2>/dev/null; then
+		last=0
+		wait "$child" 2>/dev/null || last=$?
+		[ "$last" -eq 127 ] || rc=$last
+		exit "$rc"
+	fi
 done
 `
 
