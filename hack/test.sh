@@ -6,7 +6,7 @@ mode=${1:-all}
 cd "$(dirname "$0")/.."
 export GOFLAGS=-buildvcs=false
 export PATH="$PWD/.tools/bin:$PATH"
-args=(-count=1 -timeout 45m)
+args=(-count=1 -timeout 45m -tags simulated)
 case "$mode" in
   unit) args+=(-short) ;;
   all)

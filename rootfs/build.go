@@ -643,6 +643,12 @@ func CheckAgentConfig(b []byte) (unknown []string, err error) {
 			}
 			return fmt.Errorf("attestation %q: want snp, simulated or none", v)
 		},
+		"default_policy": func(v string) error {
+			if !strings.HasPrefix(v, "/") {
+				return fmt.Errorf("default_policy %q: want an absolute path in the guest", v)
+			}
+			return nil
+		},
 		"sim_host_data":   hexLen("sim_host_data", 32),
 		"sim_measurement": hexLen("sim_measurement", 48),
 	}

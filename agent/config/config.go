@@ -60,16 +60,29 @@ type Config struct {
 	RunDir string
 	// CgroupParent is the cgroup containers are created under (default /cocoon).
 	CgroupParent string
+	// DefaultPolicy is the Rego policy in force until SetPolicy (default
+	// /etc/cocoon/default-policy.rego, which the rootfs builder writes).
+	DefaultPolicy string
 }
+
+// DefaultPolicyFile is where the rootfs builder puts the default policy.
+const DefaultPolicyFile = "/etc/cocoon/default-policy.rego"
+
+// envKeys are the configuration keys the environment may override, as
+// COCOON_<KEY> (COCOON_AGENT_SERVER_ADDR and KATA_AGENT_SERVER_ADDR for
+// the address).
+var envKeys = []string{"log", "attestation", "sim_host_data", "sim_measurement", "kbs_url",
+	"run_dir", "cgroup_parent", "default_policy"}
 
 // Default returns the configuration used when nothing overrides it.
 func Default() Config {
 	return Config{
-		ServerAddr:   transport.DefaultGuestAddr,
-		LogLevel:     slog.LevelInfo,
-		Attestation:  AttestationNone,
-		RunDir:       "/run/cocoon",
-		CgroupParent: "/cocoon",
+		ServerAddr:    transport.DefaultGuestAddr,
+		LogLevel:      slog.LevelInfo,
+		Attestation:   AttestationNone,
+		RunDir:        "/run/cocoon",
+		CgroupParent:  "/cocoon",
+		DefaultPolicy: DefaultPolicyFile,
 	}
 }
 
@@ -85,6 +98,7 @@ type fileConfig struct {
 	KBSURL         *string `toml:"kbs_url"`
 	RunDir         *string `toml:"run_dir"`
 	CgroupParent   *string `toml:"cgroup_parent"`
+	DefaultPolicy  *string `toml:"default_policy"`
 }
 
 // Sources holds the raw inputs Parse combines.
@@ -168,6 +182,7 @@ func Parse(src Sources) (Config, error) {
 		set("kbs_url", fc.KBSURL)
 		set("run_dir", fc.RunDir)
 		set("cgroup_parent", fc.CgroupParent)
+		set("default_policy", fc.DefaultPolicy)
 		debugConsole = fc.DebugConsole
 	}
 
@@ -202,6 +217,11 @@ func Parse(src Sources) (Config, error) {
 		for _, name := range []string{"KATA_AGENT_SERVER_ADDR", "COCOON_AGENT_SERVER_ADDR"} {
 			if v := src.Getenv(name); v != "" {
 				raw["server_addr"] = v
+			}
+		}
+		for _, key := range envKeys {
+			if v := src.Getenv("COCOON_" + strings.ToUpper(key)); v != "" {
+				raw[key] = v
 			}
 		}
 	}
@@ -258,14 +278,17 @@ func (c *Config) apply(key, v string) error {
 			return bad("want an http or https URL")
 		}
 		c.KBSURL = v
-	case "run_dir", "cgroup_parent":
+	case "run_dir", "cgroup_parent", "default_policy":
 		if !filepath.IsAbs(v) || filepath.Clean(v) != v || v == "/" {
 			return bad("want an absolute, clean path other than /")
 		}
-		if key == "run_dir" {
+		switch key {
+		case "run_dir":
 			c.RunDir = v
-		} else {
+		case "cgroup_parent":
 			c.CgroupParent = v
+		default:
+			c.DefaultPolicy = v
 		}
 	default:
 		// Unknown cocoon.* keys belong to other components (rootfs, init).

@@ -71,7 +71,21 @@ func TestParse(t *testing.T) {
 				Cmdline: "cocoon.server_addr=unix:///cmdline.sock",
 				Getenv:  env(map[string]string{"KATA_AGENT_SERVER_ADDR": "unix:///kata.sock", "COCOON_AGENT_SERVER_ADDR": "unix:///cocoon.sock"}),
 			},
-			want: Config{ServerAddr: "unix:///cocoon.sock", LogLevel: slog.LevelWarn, Attestation: "snp", DebugConsole: true, RunDir: "/tmp/run", CgroupParent: "/test"},
+			want: Config{ServerAddr: "unix:///cocoon.sock", LogLevel: slog.LevelWarn, Attestation: "snp", DebugConsole: true, RunDir: "/tmp/run", CgroupParent: "/test",
+				DefaultPolicy: DefaultPolicyFile},
+		},
+		{
+			name: "env overrides every key",
+			src: Sources{
+				File:    []byte("attestation = \"snp\"\ndefault_policy = \"/etc/file.rego\"\n"),
+				Cmdline: "cocoon.kbs_url=http://10.0.0.1:8080 cocoon.log=warn",
+				Getenv: env(map[string]string{"COCOON_ATTESTATION": "simulated", "COCOON_SIM_HOST_DATA": hostData,
+					"COCOON_SIM_MEASUREMENT": meas, "COCOON_KBS_URL": "http://127.0.0.1:8080", "COCOON_LOG": "debug",
+					"COCOON_DEFAULT_POLICY": "/run/env.rego", "COCOON_RUN_DIR": "/run/x", "COCOON_CGROUP_PARENT": "/y"}),
+			},
+			want: Config{ServerAddr: Default().ServerAddr, LogLevel: slog.LevelDebug, Attestation: "simulated",
+				SimHostData: mustHex(hostData), SimMeasurement: mustHex(meas), KBSURL: "http://127.0.0.1:8080",
+				RunDir: "/run/x", CgroupParent: "/y", DefaultPolicy: "/run/env.rego"},
 		},
 		{
 			name: "kata env alone",
@@ -146,7 +160,7 @@ func TestLoad(t *testing.T) {
 
 func withDefaults(c Config) Config {
 	d := Default()
-	c.RunDir, c.CgroupParent = d.RunDir, d.CgroupParent
+	c.RunDir, c.CgroupParent, c.DefaultPolicy = d.RunDir, d.CgroupParent, d.DefaultPolicy
 	return c
 }
 

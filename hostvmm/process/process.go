@@ -21,7 +21,11 @@
 // unix://<state dir>/agent.sock. In simulated confidential mode the
 // attestation parameters arrive as COCOON_ATTESTATION,
 // COCOON_SIM_HOST_DATA and COCOON_SIM_MEASUREMENT (the kernel command-line
-// keys in upper case), since the host's /proc/cmdline is not the guest's.
+// keys in upper case), since the host's /proc/cmdline is not the guest's;
+// the other cocoon.<key>=<value> parameters of the configured command line
+// travel the same way, as COCOON_<KEY>. The agent's default policy is the
+// launcher's DefaultPolicy (allow-all unless set), written to the state
+// directory, as a development image would carry it.
 package process
 
 import (
@@ -43,6 +47,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/cocoon-containers/cocoon/hostvmm"
+	"github.com/cocoon-containers/cocoon/rootfs"
 	"github.com/cocoon-containers/cocoon/rpc/transport"
 )
 
@@ -63,6 +68,9 @@ type Launcher struct {
 	Env []string
 	// Logger receives launcher events (default slog.Default()).
 	Logger *slog.Logger
+	// DefaultPolicy is the agent's policy until SetPolicy (default: the
+	// allow-all policy of development images).
+	DefaultPolicy []byte
 }
 
 // setupScript runs as PID 1 of the new namespaces before the agent: it
@@ -155,6 +163,15 @@ func (l *Launcher) Start(ctx context.Context, cfg hostvmm.Config) (hostvmm.Sandb
 		return nil, fmt.Errorf("sandbox %s: %s exists: another sandbox uses this state dir: %w", cfg.ID, s.socket, errdefs.ErrAlreadyExists)
 	}
 	s.made = append(s.made, s.socket)
+	policy := l.DefaultPolicy
+	if policy == nil {
+		policy = rootfs.AllowAllPolicy()
+	}
+	policyFile := filepath.Join(cfg.StateDir, "default-policy.rego")
+	s.made = append(s.made, policyFile)
+	if err := os.WriteFile(policyFile, policy, 0o644); err != nil {
+		return nil, fmt.Errorf("sandbox %s: default policy: %w", cfg.ID, err)
+	}
 	if cfg.ConsoleLog == filepath.Join(cfg.StateDir, "console.log") {
 		s.made = append(s.made, cfg.ConsoleLog)
 	}
@@ -180,7 +197,9 @@ func (l *Launcher) Start(ctx context.Context, cfg hostvmm.Config) (hostvmm.Sandb
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"COCOON_AGENT_SERVER_ADDR=unix://" + HostStateDir + "/agent.sock",
 		"COCOON_SANDBOX_ID=" + cfg.ID,
-	}, l.Env...)
+		"COCOON_DEFAULT_POLICY=" + HostStateDir + "/default-policy.rego",
+	}, cmdlineEnv(cfg.Cmdline)...)
+	cmd.Env = append(cmd.Env, l.Env...)
 	if cfg.Confidential == hostvmm.ConfidentialSimulated {
 		cmd.Env = append(cmd.Env,
 			"COCOON_ATTESTATION=simulated",
@@ -299,4 +318,19 @@ func (s *sandbox) Cleanup() error {
 		StateDir:       s.cfg.StateDir,
 		RemoveStateDir: s.createdDir,
 	}.Cleanup(s.cfg.ID, nil)
+}
+
+// cmdlineEnv turns the cocoon.<key>=<value> parameters of a kernel command
+// line into COCOON_<KEY>=<value>, except the ones the launcher sets itself.
+func cmdlineEnv(cmdline string) []string {
+	var env []string
+	for _, f := range strings.Fields(cmdline) {
+		k, v, ok := strings.Cut(f, "=")
+		key, isCocoon := strings.CutPrefix(k, "cocoon.")
+		if !ok || !isCocoon || key == "" || strings.HasPrefix(key, "sim_") || key == "server_addr" || key == "default_policy" {
+			continue
+		}
+		env = append(env, "COCOON_"+strings.ToUpper(key)+"="+v)
+	}
+	return env
 }

@@ -1,12 +1,14 @@
 package process
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +22,7 @@ import (
 	"github.com/cocoon-containers/cocoon/agent/agenttest"
 	"github.com/cocoon-containers/cocoon/hostvmm"
 	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
+	rootfspkg "github.com/cocoon-containers/cocoon/rootfs"
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 )
 
@@ -323,6 +326,9 @@ func TestRealAgent(t *testing.T) {
 	if v := version(t, sb, ""); v == "" {
 		t.Error("agent version is empty")
 	}
+	if b, err := os.ReadFile(filepath.Join(state, "default-policy.rego")); err != nil || !bytes.Equal(b, rootfspkg.AllowAllPolicy()) {
+		t.Errorf("default policy in the state dir: %v; want the allow-all policy", err)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -412,5 +418,14 @@ func removeCgroup(t *testing.T, parent string) {
 		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("remove cgroup %s: %v", d, err)
 		}
+	}
+}
+
+func TestCmdlineEnv(t *testing.T) {
+	got := cmdlineEnv("console=ttyS0 cocoon.kbs_url=http://127.0.0.1:8080 cocoon.log=debug agent.log=warn " +
+		"cocoon.sim_host_data=00 cocoon.server_addr=unix:///x cocoon.default_policy=/p cocoon.flag cocoon.=x")
+	want := []string{"COCOON_KBS_URL=http://127.0.0.1:8080", "COCOON_LOG=debug"}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }

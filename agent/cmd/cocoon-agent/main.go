@@ -21,25 +21,21 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/containerd/ttrpc"
+
 	"github.com/cocoon-containers/cocoon/agent/config"
+	"github.com/cocoon-containers/cocoon/agent/initsys"
 	// Container processes ("cocoon-agent init") are set up from its
 	// initializer, before the rest of the agent initializes.
 	_ "github.com/cocoon-containers/cocoon/agent/container/reexec"
 	"github.com/cocoon-containers/cocoon/agent/policy"
 	"github.com/cocoon-containers/cocoon/agent/server"
+	"github.com/cocoon-containers/cocoon/attestation"
 	"github.com/cocoon-containers/cocoon/rpc/transport"
 )
 
 // version is set at build time with -ldflags '-X main.version=...'.
 var version = "devel"
-
-// initLayer holds the PID 1 duties of agent/initsys: setup mounts the
-// pseudo filesystems, loads modules and switches root; powerOff syncs and
-// powers the VM off. A build without them refuses to run as PID 1.
-var initLayer struct {
-	setup    func(ctx context.Context) error
-	powerOff func(ctx context.Context)
-}
 
 // subcommands are dispatched on os.Args[1]; without one the agent serves.
 var subcommands = map[string]func(ctx context.Context, args []string) error{
@@ -67,18 +63,32 @@ func main() {
 	}
 	if err := run(ctx); err != nil {
 		slog.Error("agent failed", "error", err)
-		if os.Getpid() == 1 && initLayer.powerOff != nil {
-			initLayer.powerOff(ctx)
+		if os.Getpid() == 1 {
+			// PID 1 must not exit: the kernel would panic.
+			powerOff(ctx)
 		}
 		os.Exit(1)
 	}
+	if os.Getpid() == 1 {
+		powerOff(ctx)
+	}
+}
+
+// powerOff ends the VM; if the kernel refuses, PID 1 stays (exiting would
+// panic the kernel and lose the console's last lines).
+func powerOff(ctx context.Context) {
+	if err := initsys.PowerOff(ctx, slog.Default()); err != nil {
+		slog.Error("power off", "error", err)
+	}
+	select {}
 }
 
 func run(ctx context.Context) error {
 	pid1 := os.Getpid() == 1
-	if pid1 && initLayer.setup != nil {
-		// Mounts /proc first: configuration comes from /proc/cmdline.
-		if err := initLayer.setup(ctx); err != nil {
+	if pid1 {
+		// Mounts /proc first: configuration comes from /proc/cmdline. On
+		// the initramfs this re-executes the agent on a tmpfs root.
+		if err := initsys.Setup(ctx, initsys.Config{}); err != nil {
 			return fmt.Errorf("init: %w", err)
 		}
 	}
@@ -92,14 +102,37 @@ func run(ctx context.Context) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	slog.SetDefault(log)
-	if pid1 && initLayer.setup == nil {
-		return errors.New("running as PID 1, but this build has no init layer (agent/initsys)")
-	}
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	reaper, err := initsys.StartReaper(ctx, initsys.ReaperOptions{Subreaper: !pid1, Logger: log})
+	if err != nil {
+		return fmt.Errorf("reaper: %w", err)
+	}
+	defer reaper.Stop()
+
+	provider, err := attestationProvider(cfg)
+	if err != nil {
+		return err
+	}
+	var binding policy.HostDataSource
+	if provider != nil {
+		binding = attestation.HostDataSource{Provider: provider}
+	}
+	enforcer, err := policy.NewEnforcer(ctx, policy.Options{DefaultPolicyPath: cfg.DefaultPolicy, Binding: binding, Logger: log})
+	if err != nil {
+		return err
+	}
+	if pid1 {
+		if err := applyInitdataDevice(ctx, enforcer, log); err != nil {
+			return err
+		}
+	}
+
 	opts := server.Options{
+		Interceptors: []ttrpc.UnaryServerInterceptor{enforcer.UnaryInterceptor()},
+		Policy:       enforcer,
 		PID1:         pid1,
 		Version:      version,
 		Logger:       log,
@@ -107,10 +140,13 @@ func run(ctx context.Context) error {
 		CgroupParent: cfg.CgroupParent,
 	}
 	if pid1 {
-		opts.PowerOff = initLayer.powerOff
+		opts.PowerOff = func(ctx context.Context) { powerOff(ctx) }
 	}
 	srv, err := server.New(ctx, opts)
 	if err != nil {
+		return err
+	}
+	if err := startWorkloadEndpoint(ctx, cfg, provider, log); err != nil {
 		return err
 	}
 	if err := removeStaleSocket(cfg.ServerAddr); err != nil {
@@ -120,7 +156,8 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	log.Info("agent serving", "address", cfg.ServerAddr, "version", version, "pid1", pid1)
+	log.Info("agent serving", "address", cfg.ServerAddr, "version", version, "pid1", pid1,
+		"attestation", cfg.Attestation)
 	serveErr := srv.Serve(ctx, l)
 	// On a host, leave nothing behind; in a guest the VM goes away anyway.
 	cctx := context.WithoutCancel(ctx)

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/cocoon-containers/cocoon/agent/agenttest"
+	"github.com/cocoon-containers/cocoon/rootfs"
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 )
 
@@ -50,7 +51,12 @@ func startAgent(t testing.TB, extraEnv ...string) *agentProc {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	cgroup := fmt.Sprintf("/cocoon-main-test-%d", os.Getpid())
 	conf := filepath.Join(dir, "agent.toml")
-	body := fmt.Sprintf("run_dir = %q\ncgroup_parent = %q\nlog_level = \"debug\"\n", filepath.Join(dir, "run"), cgroup)
+	allowAll := filepath.Join(dir, "allow-all.rego")
+	if err := os.WriteFile(allowAll, rootfs.AllowAllPolicy(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	body := fmt.Sprintf("run_dir = %q\ncgroup_parent = %q\nlog_level = \"debug\"\ndefault_policy = %q\n",
+		filepath.Join(dir, "run"), cgroup, allowAll)
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
