@@ -34,6 +34,10 @@ type Index struct {
 	Deps map[string][]string
 	// Builtin names modules compiled into the kernel.
 	Builtin map[string]bool
+	// SoftPre lists each module's "softdep pre:" names from .modinfo:
+	// modules it asks for at run time (libcrc32c asks the crypto API for
+	// crc32c). They are loaded first when the kernel has them.
+	SoftPre map[string][]string
 
 	// dir is set when Deps are read from .modinfo, one module at a time,
 	// the first time Resolve needs them.
@@ -105,7 +109,8 @@ func Load(dir string) (*Index, error) {
 	} else {
 		// Names come from file names (the kernel build names a module
 		// after its file); dependencies from .modinfo when needed.
-		idx = &Index{Path: map[string]string{}, Deps: map[string][]string{}, Builtin: map[string]bool{}, dir: dir, loaded: map[string]bool{}}
+		idx = &Index{Path: map[string]string{}, Deps: map[string][]string{}, Builtin: map[string]bool{},
+			SoftPre: map[string][]string{}, dir: dir, loaded: map[string]bool{}}
 		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
@@ -261,7 +266,42 @@ func (idx *Index) readDeps(name, rel string) error {
 			idx.Deps[name] = append(idx.Deps[name], Name(dep))
 		}
 	}
+	idx.SoftPre[name] = parseSoftPre(info["softdep"])
 	return nil
+}
+
+// parseSoftPre returns the names after "pre:" in a softdep value such as
+// "pre: crc32c post: foo".
+func parseSoftPre(v string) []string {
+	var out []string
+	pre := false
+	for _, f := range strings.Fields(v) {
+		switch f {
+		case "pre:":
+			pre = true
+		case "post:":
+			pre = false
+		default:
+			if pre {
+				out = append(out, Name(f))
+			}
+		}
+	}
+	return out
+}
+
+// softModule maps a soft dependency, often an algorithm name, to a module
+// the kernel has: the name itself, or its generic implementation.
+func (idx *Index) softModule(n string) (string, bool) {
+	for _, c := range []string{n, n + "_generic"} {
+		if idx.Builtin[c] {
+			return "", false
+		}
+		if _, ok := idx.Path[c]; ok {
+			return c, true
+		}
+	}
+	return "", false
 }
 
 // Resolve returns the files (relative to the modules directory) to load for
@@ -298,6 +338,13 @@ func (idx *Index) Resolve(names []string, optional map[string]bool) ([]string, e
 		for _, d := range deps {
 			if err := visit(d, append(chain, n)); err != nil {
 				return err
+			}
+		}
+		for _, soft := range idx.SoftPre[n] {
+			if m, ok := idx.softModule(soft); ok && state[m] != 1 {
+				if err := visit(m, append(chain, n)); err != nil {
+					return err
+				}
 			}
 		}
 		state[n] = 2

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -87,7 +88,7 @@ func TestDebianKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := idx.Resolve([]string{"virtio_console", "dm-verity", "virtio_pci", "vmw_vsock_virtio_transport", "9pnet_virtio"}, nil)
+	files, err := idx.Resolve([]string{"virtio_console", "dm-verity", "virtio_pci", "vmw_vsock_virtio_transport", "9pnet_virtio", "erofs"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,6 +102,9 @@ func TestDebianKernel(t *testing.T) {
 	before := [][2]string{
 		{"virtio_ring", "virtio"}, {"virtio", "virtio_console"}, {"dm_mod", "dm_verity"},
 		{"dm_bufio", "dm_verity"}, {"vsock", "vmw_vsock_virtio_transport"}, {"9pnet", "9pnet_virtio"},
+		// libcrc32c asks the crypto API for crc32c (softdep pre: crc32c):
+		// without it, it and erofs fail to load.
+		{"crc32c_generic", "libcrc32c"}, {"libcrc32c", "erofs"},
 	}
 	for _, b := range before {
 		i, ok1 := pos[b[0]]
@@ -204,6 +208,23 @@ func TestPlainName(t *testing.T) {
 	} {
 		if got := PlainName(in); got != want {
 			t.Errorf("PlainName(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestParseSoftPre(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []string
+	}{
+		{"pre: crc32c", []string{"crc32c"}},
+		{"pre: a b-c post: d", []string{"a", "b_c"}},
+		{"post: d pre: e", []string{"e"}},
+		{"", nil},
+	}
+	for _, tt := range tests {
+		if got := parseSoftPre(tt.in); !slices.Equal(got, tt.want) {
+			t.Errorf("parseSoftPre(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }
