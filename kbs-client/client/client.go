@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,11 +31,18 @@ type Config struct {
 	KeyAlgorithm string
 	// CACert is a PEM bundle trusted for the KBS's TLS certificate.
 	CACert []byte
-	// Retries bounds attempts on network errors (default 3).
+	// CertPin is the SHA-256 of the KBS's TLS leaf certificate or of its
+	// public key (hex or base64, see ParsePin). Alone it replaces chain
+	// verification; with CACert both must hold.
+	CertPin string
+	// Retries bounds attempts per request on network errors (default 3).
 	Retries int
-	// Backoff is the first pause between retries (default 100ms, doubling).
-	Backoff time.Duration
-	// HTTPClient overrides the transport (tests).
+	// Backoff is the first pause between retries (default 100ms), doubling
+	// up to MaxBackoff (default 2s).
+	Backoff    time.Duration
+	MaxBackoff time.Duration
+	// HTTPClient overrides the transport (tests); CACert and CertPin are
+	// then ignored.
 	HTTPClient *http.Client
 }
 
@@ -54,12 +60,19 @@ func (e *Error) Error() string {
 // ErrUnreachable wraps network failures talking to the KBS.
 var ErrUnreachable = errors.New("kbs unreachable")
 
-// Client talks to one KBS.
+// Client talks to one KBS. It is safe for concurrent use.
 type Client struct {
 	cfg  Config
 	http *http.Client
 
-	mu      sync.Mutex
+	mu  sync.Mutex
+	cur *attested
+}
+
+// attested is the outcome of one attestation: the token and the private
+// key the KBS encrypts to for that token, kept together so that a resource
+// is always decrypted with the key its token names.
+type attested struct {
 	key     *teekey.Key
 	token   string
 	expires time.Time
@@ -77,15 +90,18 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Backoff <= 0 {
 		cfg.Backoff = 100 * time.Millisecond
 	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 2 * time.Second
+	}
 	hc := cfg.HTTPClient
 	if hc == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
-		if len(cfg.CACert) > 0 {
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(cfg.CACert) {
-				return nil, errors.New("kbs client: no certificate in the CA bundle")
-			}
-			tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		tc, err := TLSConfig(cfg.CACert, cfg.CertPin)
+		if err != nil {
+			return nil, err
+		}
+		if tc != nil {
+			tr.TLSClientConfig = tc
 		}
 		hc = &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	}
@@ -95,12 +111,42 @@ func New(cfg Config) (*Client, error) {
 	return &Client{cfg: cfg, http: &c}, nil
 }
 
-// do sends a request with bounded retries on network errors.
+// backoff is the pause after the attempt-th failure (0-based): base
+// doubling, capped.
+func backoff(base, max time.Duration, attempt int) time.Duration {
+	d := base
+	for i := 0; i < attempt && d < max; i++ {
+		d *= 2
+	}
+	return min(d, max)
+}
+
+// permanent reports errors that another attempt cannot fix: the KBS's
+// certificate is not the one we trust.
+func permanent(err error) bool {
+	var cv *tls.CertificateVerificationError
+	return errors.Is(err, ErrPinMismatch) || errors.As(err, &cv)
+}
+
+// do sends a request, retrying network errors up to cfg.Retries attempts
+// with a doubling pause. Answers of any status are returned as they are.
 func (c *Client) do(ctx context.Context, method, path string, body []byte, bearer string) (*http.Response, []byte, error) {
-	wait := c.cfg.Backoff
 	var last error
 	for attempt := 0; attempt < c.cfg.Retries; attempt++ {
-		req, err := http.NewRequestWithContext(ctx, method, c.cfg.URL+path, bytes.NewReader(body))
+		if attempt > 0 {
+			t := time.NewTimer(backoff(c.cfg.Backoff, c.cfg.MaxBackoff, attempt-1))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, nil, fmt.Errorf("kbs: %s %s: %w (after: %v)", method, path, ctx.Err(), last)
+			case <-t.C:
+			}
+		}
+		var rd io.Reader
+		if body != nil {
+			rd = bytes.NewReader(body)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, c.cfg.URL+path, rd)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -112,27 +158,26 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, beare
 		}
 		resp, err := c.http.Do(req)
 		if err == nil {
-			b, rerr := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+			b, rerr := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 			resp.Body.Close()
 			if rerr == nil {
 				return resp, b, nil
 			}
 			err = rerr
 		}
-		last = err
 		if ctx.Err() != nil {
-			break
+			return nil, nil, fmt.Errorf("kbs: %s %s: %w", method, path, ctx.Err())
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-		case <-t.C:
+		if permanent(err) {
+			return nil, nil, fmt.Errorf("kbs TLS: %s %s: %w", method, path, err)
 		}
-		wait *= 2
+		last = err
 	}
-	return nil, nil, fmt.Errorf("%w: %s %s: %v", ErrUnreachable, method, path, last)
+	return nil, nil, fmt.Errorf("%w after %d attempts: %s %s: %v", ErrUnreachable, c.cfg.Retries, method, path, last)
 }
+
+// maxAnswer bounds what is read of a KBS answer.
+const maxAnswer = 4 << 20
 
 func kbsError(resp *http.Response, body []byte) error {
 	var ei protocol.ErrorInformation
@@ -159,9 +204,9 @@ func (c *Client) Attest(ctx context.Context) (string, error) {
 	if resp.StatusCode != http.StatusOK {
 		return "", kbsError(resp, body)
 	}
-	var ch protocol.Challenge
-	if err := json.Unmarshal(body, &ch); err != nil || ch.Nonce == "" {
-		return "", fmt.Errorf("kbs: malformed challenge")
+	ch, err := protocol.ParseChallenge(body)
+	if err != nil {
+		return "", fmt.Errorf("kbs: %w", err)
 	}
 	key, err := teekey.New(c.cfg.KeyAlgorithm)
 	if err != nil {
@@ -196,7 +241,7 @@ func (c *Client) Attest(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("kbs: malformed token response")
 	}
 	c.mu.Lock()
-	c.key, c.token, c.expires = key, tr.Token, tokenExpiry(tr.Token)
+	c.cur = &attested{key: key, token: tr.Token, expires: tokenExpiry(tr.Token)}
 	c.mu.Unlock()
 	return tr.Token, nil
 }
@@ -218,44 +263,59 @@ func tokenExpiry(tok string) time.Time {
 	return time.Now().Add(5 * time.Minute)
 }
 
-// Token returns a valid token, attesting when there is none.
-func (c *Client) Token(ctx context.Context) (string, error) {
+// current returns the attestation in force, attesting when there is none
+// or its token expires within ten seconds.
+func (c *Client) current(ctx context.Context) (*attested, error) {
 	c.mu.Lock()
-	tok, exp := c.token, c.expires
+	cur := c.cur
 	c.mu.Unlock()
-	if tok != "" && time.Until(exp) > 10*time.Second {
-		return tok, nil
+	if cur != nil && time.Until(cur.expires) > 10*time.Second {
+		return cur, nil
 	}
-	return c.Attest(ctx)
+	if _, err := c.Attest(ctx); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cur, nil
 }
 
-// GetResource fetches and decrypts <repo>/<type>/<tag>. A 401 triggers one
-// new attestation.
+// Token returns a valid token, attesting when there is none.
+func (c *Client) Token(ctx context.Context) (string, error) {
+	cur, err := c.current(ctx)
+	if err != nil {
+		return "", err
+	}
+	return cur.token, nil
+}
+
+// GetResource fetches and decrypts <repo>/<type>/<tag>. A 401 on the
+// resource (the KBS restarted, or forgot the token) triggers exactly one
+// new attestation and one more fetch.
 func (c *Client) GetResource(ctx context.Context, path string) ([]byte, error) {
 	if _, err := protocol.ParseResourcePath(path); err != nil {
 		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
-		tok, err := c.Token(ctx)
+		cur, err := c.current(ctx)
 		if err != nil {
 			return nil, err
 		}
-		c.mu.Lock()
-		key := c.key
-		c.mu.Unlock()
-		resp, body, err := c.do(ctx, http.MethodGet, "/kbs/v0/resource/"+path, nil, tok)
+		resp, body, err := c.do(ctx, http.MethodGet, "/kbs/v0/resource/"+path, nil, cur.token)
 		if err != nil {
 			return nil, err
 		}
 		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 {
 			c.mu.Lock()
-			c.token = ""
+			if c.cur == cur {
+				c.cur = nil
+			}
 			c.mu.Unlock()
 			continue
 		}
 		if resp.StatusCode != http.StatusOK {
 			return nil, kbsError(resp, body)
 		}
-		return key.Decrypt(body)
+		return cur.key.Decrypt(body)
 	}
 }

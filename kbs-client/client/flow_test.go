@@ -157,8 +157,8 @@ func TestProtocolRejections(t *testing.T) {
 	}
 	c4, n4, _ := rawSession(t, k.Srv.URL, protocol.Version)
 	big := append([]byte(`{"x":"`), bytes.Repeat([]byte("a"), 2<<20)...)
-	if code, _ := post(t, c4, attest, append(big, `"}`...)); code != http.StatusBadRequest {
-		t.Errorf("oversized body: %d, want 400", code)
+	if code, _ := post(t, c4, attest, append(big, `"}`...)); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("oversized body: %d, want 413", code)
 	}
 	_ = n4
 	// No session at all.

@@ -4,8 +4,6 @@ package kbscli
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -28,7 +26,7 @@ import (
 // simulatedProvider is set by the file built with the "simulated" tag.
 var simulatedProvider func(hostData [32]byte, measurement [48]byte) (attestation.Provider, error)
 
-const clientUsage = `usage: kbs-client --url URL [--cert-file PEM] [--tee snp|simulated] [--host-data HEX] [--measurement HEX] COMMAND
+const clientUsage = `usage: kbs-client --url URL [--cert-file PEM] [--cert-pin SHA256] [--tee snp|simulated] [--host-data HEX] [--measurement HEX] COMMAND
 commands:
   get-resource --path <repo>/<type>/<tag>   attest, fetch, write the resource to stdout
   attest                                    attest and print the token
@@ -41,6 +39,7 @@ func Client(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.SetOutput(stderr)
 	url := fs.String("url", "", "KBS URL")
 	certFile := fs.String("cert-file", "", "PEM CA bundle for the KBS's TLS certificate")
+	certPin := fs.String("cert-pin", "", "SHA-256 of the KBS's TLS certificate or public key (hex or base64)")
 	tee := fs.String("tee", "snp", "evidence source: snp or simulated")
 	hostData := fs.String("host-data", "", "simulated HOST_DATA (64 hex)")
 	meas := fs.String("measurement", "", "simulated MEASUREMENT (96 hex)")
@@ -61,7 +60,7 @@ func Client(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	rest := fs.Args()
 	switch rest[0] {
 	case "config":
-		return config(ctx, *url, ca, rest[1:], stdout, stderr)
+		return config(ctx, *url, ca, *certPin, rest[1:], stdout, stderr)
 	case "get-resource", "attest":
 	default:
 		return fmt.Errorf("unknown command %q\n%s", rest[0], clientUsage)
@@ -70,7 +69,7 @@ func Client(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	c, err := client.New(client.Config{URL: *url, Provider: p, CACert: ca})
+	c, err := client.New(client.Config{URL: *url, Provider: p, CACert: ca, CertPin: *certPin})
 	if err != nil {
 		return err
 	}
@@ -132,7 +131,7 @@ func decodeHex(s string, out []byte) error {
 	return nil
 }
 
-func config(ctx context.Context, url string, ca []byte, args []string, stdout, stderr io.Writer) error {
+func config(ctx context.Context, url string, ca []byte, pin string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	keyFile := fs.String("admin-key", "", "file holding the admin key")
@@ -178,12 +177,12 @@ func config(ctx context.Context, url string, ca []byte, args []string, stdout, s
 		return fmt.Errorf("unknown config command %q", sub[0])
 	}
 	hc := &http.Client{Timeout: 30 * time.Second}
-	if len(ca) > 0 {
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(ca) {
-			return errors.New("--cert-file holds no certificate")
-		}
-		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	tc, err := client.TLSConfig(ca, pin)
+	if err != nil {
+		return err
+	}
+	if tc != nil {
+		hc.Transport = &http.Transport{TLSClientConfig: tc}
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(url, "/")+endpoint, bytes.NewReader(body))
 	if err != nil {

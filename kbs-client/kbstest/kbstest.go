@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -50,6 +51,47 @@ type KBS struct {
 	Logs    *SyncBuffer
 	Repo    string
 	handler atomic.Pointer[http.Handler]
+
+	mu        sync.Mutex
+	sensitive []string
+}
+
+// Sensitive returns every nonce, session cookie and token the KBS has
+// handed out so far: values no log may contain.
+func (k *KBS) Sensitive() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.sensitive...)
+}
+
+// recorder keeps a copy of an answer's body next to writing it.
+type recorder struct {
+	http.ResponseWriter
+	body bytes.Buffer
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.body.Write(p)
+	return r.ResponseWriter.Write(p)
+}
+
+// remember notes the protocol secrets in an answer to /auth or /attest.
+func (k *KBS) remember(rec *recorder) {
+	var v struct {
+		Nonce string `json:"nonce"`
+		Token string `json:"token"`
+	}
+	json.Unmarshal(rec.body.Bytes(), &v)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, s := range []string{v.Nonce, v.Token} {
+		if s != "" {
+			k.sensitive = append(k.sensitive, s)
+		}
+	}
+	for _, c := range (&http.Response{Header: rec.Header()}).Cookies() {
+		k.sensitive = append(k.sensitive, c.Value)
+	}
 }
 
 // Measurement is the measurement the KBS policy expects.
@@ -79,19 +121,42 @@ allow if {
 `
 }
 
-// Start runs a KBS trusting simulated reports.
+// Start runs a KBS trusting simulated reports, over plain HTTP.
 func Start(t testing.TB, cfg server.Config) *KBS {
+	return start(t, cfg, false)
+}
+
+// StartTLS is Start over HTTPS with httptest's self-signed certificate
+// (k.Srv.Certificate()).
+func StartTLS(t testing.TB, cfg server.Config) *KBS {
+	return start(t, cfg, true)
+}
+
+func start(t testing.TB, cfg server.Config, useTLS bool) *KBS {
 	t.Helper()
 	k := &KBS{Logs: &SyncBuffer{}, Repo: t.TempDir()}
 	os.MkdirAll(filepath.Join(k.Repo, "default", "key"), 0o700)
 	os.WriteFile(filepath.Join(k.Repo, "default", "key", "1"), []byte(Secret), 0o600)
 	k.Restart(t, cfg)
-	k.Srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/kbs/v0/attest" {
+	k.Srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := *k.handler.Load()
+		switch r.URL.Path {
+		case "/kbs/v0/attest":
 			k.Attests.Add(1)
+			fallthrough
+		case "/kbs/v0/auth":
+			rec := &recorder{ResponseWriter: w}
+			h.ServeHTTP(rec, r)
+			k.remember(rec)
+		default:
+			h.ServeHTTP(w, r)
 		}
-		(*k.handler.Load()).ServeHTTP(w, r)
 	}))
+	if useTLS {
+		k.Srv.StartTLS()
+	} else {
+		k.Srv.Start()
+	}
 	t.Cleanup(k.Srv.Close)
 	return k
 }

@@ -17,8 +17,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -180,9 +182,29 @@ func randomString(n int) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
+// readBody reads a bounded request body; false means an error answer was
+// written.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, "InvalidRequest", fmt.Sprintf("request body over %d bytes", maxBody))
+		} else {
+			writeError(w, http.StatusBadRequest, "InvalidRequest", "cannot read the request body")
+		}
+		return nil, false
+	}
+	return b, true
+}
+
 func (s *Server) auth(w http.ResponseWriter, r *http.Request) {
-	var req protocol.Request
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody)).Decode(&req); err != nil {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	req, err := protocol.ParseRequest(body)
+	if err != nil {
 		writeError(w, http.StatusBadRequest, "InvalidRequest", "request body is not a KBS Request")
 		return
 	}
@@ -232,6 +254,30 @@ func (s *Server) sessionOf(r *http.Request) (string, *session) {
 	return c.Value, sess
 }
 
+// decodeAttestation parses an /attest body down to the SNP evidence: the
+// message shape, the tee-pubkey as a usable key, and the Trustee SNP JSON.
+// Nothing is verified yet.
+func decodeAttestation(body []byte) (*protocol.Attestation, *attestation.Evidence, error) {
+	att, err := protocol.ParseAttestation(body)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, _, err := teekey.PublicKey(att.RuntimeData.TeePubKey); err != nil {
+		return nil, nil, err
+	}
+	ev, err := attestation.ParseTrusteeSNP(att.TeeEvidence.PrimaryEvidence)
+	if err != nil {
+		return nil, nil, fmt.Errorf("evidence: %w", err)
+	}
+	return att, ev, nil
+}
+
+// sessionTag names a session in logs without revealing its cookie.
+func sessionTag(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:4])
+}
+
 func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id, sess := s.sessionOf(r)
@@ -239,9 +285,8 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "InvalidSession", "no valid session: call /auth first")
 		return
 	}
-	var att protocol.Attestation
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody)).Decode(&att); err != nil {
-		writeError(w, http.StatusBadRequest, "InvalidRequest", "request body is not a KBS Attestation")
+	body, ok := readBody(w, r)
+	if !ok {
 		return
 	}
 	s.mu.Lock()
@@ -252,17 +297,13 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "InvalidSession", "the session's nonce was already used")
 		return
 	}
-	if subtle.ConstantTimeCompare([]byte(att.RuntimeData.Nonce), []byte(sess.nonce)) != 1 {
-		writeError(w, http.StatusUnauthorized, "AttestationFailed", "nonce does not belong to this session")
-		return
-	}
-	if _, _, err := teekey.PublicKey(att.RuntimeData.TeePubKey); err != nil {
+	att, ev, err := decodeAttestation(body)
+	if err != nil {
 		writeError(w, http.StatusBadRequest, "InvalidRequest", err.Error())
 		return
 	}
-	ev, err := attestation.ParseTrusteeSNP(att.TeeEvidence.PrimaryEvidence)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "InvalidRequest", "evidence: "+err.Error())
+	if subtle.ConstantTimeCompare([]byte(att.RuntimeData.Nonce), []byte(sess.nonce)) != 1 {
+		writeError(w, http.StatusUnauthorized, "AttestationFailed", "nonce does not belong to this session")
 		return
 	}
 	rd, err := protocol.ReportData(att.RuntimeData.Nonce, att.RuntimeData.TeePubKey, att.TeeEvidence.AdditionalEvidence)
@@ -291,7 +332,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	sess.token, sess.pubkey, sess.claims = token, att.RuntimeData.TeePubKey, claims
 	s.mu.Unlock()
-	s.log.InfoContext(ctx, "guest attested", "session", id[:8], "measurement", claims.Measurement, "host_data", claims.HostData, "simulated", claims.Simulated)
+	s.log.InfoContext(ctx, "guest attested", "session", sessionTag(id), "measurement", claims.Measurement, "host_data", claims.HostData, "simulated", claims.Simulated)
 	writeJSON(w, protocol.TokenResponse{Token: token})
 }
 

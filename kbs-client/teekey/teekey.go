@@ -110,7 +110,14 @@ func PublicKey(j protocol.JWK) (crypto.PublicKey, string, error) {
 		if err1 != nil || err2 != nil || len(n) < 256 || len(n) > 1024 || len(e) == 0 || len(e) > 4 {
 			return nil, "", fmt.Errorf("%w: RSA modulus or exponent", ErrBadKey)
 		}
-		return &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}, protocol.AlgRSAOAE, nil
+		exp := new(big.Int).SetBytes(e).Int64()
+		mod := new(big.Int).SetBytes(n)
+		// A usable RSA key has an odd exponent of at least 3 and an odd
+		// modulus of full length; anything else would not really encrypt.
+		if exp < 3 || exp%2 == 0 || exp > 1<<31-1 || mod.Bit(0) == 0 || n[0] == 0 {
+			return nil, "", fmt.Errorf("%w: RSA modulus or exponent", ErrBadKey)
+		}
+		return &rsa.PublicKey{N: mod, E: int(exp)}, protocol.AlgRSAOAE, nil
 	}
 	return nil, "", fmt.Errorf("%w: kty %q", ErrBadKey, j.Kty)
 }
