@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -63,6 +64,19 @@ type Config struct {
 	// DefaultPolicy is the Rego policy in force until SetPolicy (default
 	// /etc/cocoon/default-policy.rego, which the rootfs builder writes).
 	DefaultPolicy string
+	// RootfsVerity, when set, is the dm-verity protected root filesystem
+	// image the agent mounts read-only (cocoon.rootfs_verity* keys, which
+	// the rootfs builder puts on the measured command line).
+	RootfsVerity *VerityRootfs
+}
+
+// VerityRootfs describes the verity-protected image: data on /dev/vda, the
+// veritysetup-format hash tree on /dev/vdb.
+type VerityRootfs struct {
+	RootHash []byte
+	Salt     []byte
+	Blocks   uint64
+	FSType   string
 }
 
 // DefaultPolicyFile is where the rootfs builder puts the default policy.
@@ -234,6 +248,9 @@ func Parse(src Sources) (Config, error) {
 			return Config{}, err
 		}
 	}
+	if r := cfg.RootfsVerity; r != nil && (r.RootHash == nil || r.Blocks == 0) {
+		return Config{}, fmt.Errorf("config: cocoon.rootfs_verity needs both the root hash and cocoon.rootfs_verity_blocks: %w", errdefs.ErrInvalidArgument)
+	}
 	return cfg, nil
 }
 
@@ -289,6 +306,36 @@ func (c *Config) apply(key, v string) error {
 			c.CgroupParent = v
 		default:
 			c.DefaultPolicy = v
+		}
+	case "rootfs_verity", "rootfs_verity_salt", "rootfs_verity_blocks", "rootfs_fstype":
+		if c.RootfsVerity == nil {
+			c.RootfsVerity = &VerityRootfs{FSType: "erofs"}
+		}
+		r := c.RootfsVerity
+		switch key {
+		case "rootfs_verity":
+			b, err := hex.DecodeString(v)
+			if err != nil || len(b) != 32 {
+				return bad("want a 64-hex-digit sha256 root hash")
+			}
+			r.RootHash = b
+		case "rootfs_verity_salt":
+			b, err := hex.DecodeString(v)
+			if err != nil || len(b) > 256 {
+				return bad("want at most 256 hex bytes")
+			}
+			r.Salt = b
+		case "rootfs_verity_blocks":
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil || n == 0 || n > 1<<40 {
+				return bad("want a positive number of 4096-byte blocks")
+			}
+			r.Blocks = n
+		default:
+			if v != "erofs" && v != "ext4" {
+				return bad("want erofs or ext4")
+			}
+			r.FSType = v
 		}
 	default:
 		// Unknown cocoon.* keys belong to other components (rootfs, init).

@@ -171,3 +171,36 @@ func mustHex(s string) []byte {
 	}
 	return b
 }
+
+func TestRootfsVerity(t *testing.T) {
+	root := strings.Repeat("ab", 32)
+	cfg, err := Parse(Sources{Cmdline: "cocoon.rootfs_verity=" + root + " cocoon.rootfs_verity_salt=0011 cocoon.rootfs_verity_blocks=42 cocoon.rootfs_fstype=ext4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &VerityRootfs{RootHash: mustHex(root), Salt: []byte{0, 0x11}, Blocks: 42, FSType: "ext4"}
+	if !reflect.DeepEqual(cfg.RootfsVerity, want) {
+		t.Errorf("got %+v, want %+v", cfg.RootfsVerity, want)
+	}
+	// Only the measured command line sets it, not the environment.
+	cfg, err = Parse(Sources{Getenv: func(k string) string {
+		if k == "COCOON_ROOTFS_VERITY" {
+			return root
+		}
+		return ""
+	}})
+	if err != nil || cfg.RootfsVerity != nil {
+		t.Errorf("environment set the verity rootfs: %+v, %v", cfg.RootfsVerity, err)
+	}
+	for _, bad := range []string{
+		"cocoon.rootfs_verity=" + root,
+		"cocoon.rootfs_verity_blocks=42",
+		"cocoon.rootfs_verity=abcd cocoon.rootfs_verity_blocks=1",
+		"cocoon.rootfs_verity=" + root + " cocoon.rootfs_verity_blocks=0",
+		"cocoon.rootfs_verity=" + root + " cocoon.rootfs_verity_blocks=1 cocoon.rootfs_fstype=vfat",
+	} {
+		if _, err := Parse(Sources{Cmdline: bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

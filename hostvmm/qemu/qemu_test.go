@@ -361,6 +361,9 @@ func TestMain(m *testing.M) {
 	if image != nil {
 		os.RemoveAll(filepath.Dir(image.Kernel))
 	}
+	if agentImgDir != "" {
+		os.RemoveAll(agentImgDir)
+	}
 	os.Exit(code)
 }
 

@@ -142,3 +142,40 @@ func PadInitrd(path string, size int64) error {
 	}
 	return f.Close()
 }
+
+// AgentPackage is the import path of the guest agent.
+const AgentPackage = "github.com/cocoon-containers/cocoon/agent/cmd/cocoon-agent"
+
+// BuildAgent compiles the guest agent into dir the way `make build` does:
+// static, with cgo (libcontainer's nsenter), and with the simulated SNP
+// provider.
+func BuildAgent(ctx context.Context, dir string) (string, error) {
+	out := filepath.Join(dir, "cocoon-agent")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -extldflags -static",
+		"-tags", "netgo osusergo simulated", "-o", out, AgentPackage)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build cocoon-agent: %w: %s", err, b)
+	}
+	return out, nil
+}
+
+// AgentImage builds the agent and the standard guest image around it in
+// dir: rootfs.DefaultModules and the allow-all default policy, as
+// `cocoon-rootfs build` makes it.
+func AgentImage(ctx context.Context, dir string) (*Image, error) {
+	agent, err := BuildAgent(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	c := &rootfs.Config{Agent: agent, Kernel: "linux-image-amd64", KernelCache: KernelCache}
+	m, err := rootfs.Build(ctx, c, dir, nil)
+	if err != nil {
+		return nil, fmt.Errorf("build agent image: %w", err)
+	}
+	return &Image{
+		Kernel:   filepath.Join(dir, rootfs.KernelFile),
+		Initrd:   filepath.Join(dir, rootfs.InitrdFile),
+		Manifest: m,
+	}, nil
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/cocoon-containers/cocoon/agent/config"
+	"github.com/cocoon-containers/cocoon/agent/devmapper"
 	"github.com/cocoon-containers/cocoon/agent/initsys"
 	// Container processes ("cocoon-agent init") are set up from its
 	// initializer, before the rest of the agent initializes.
@@ -127,6 +128,12 @@ func run(ctx context.Context) error {
 	if pid1 {
 		if err := applyInitdataDevice(ctx, enforcer, log); err != nil {
 			return err
+		}
+		if r := cfg.RootfsVerity; r != nil {
+			v := devmapper.Verity{DataDevice: "/dev/vda", HashDevice: "/dev/vdb", DataBlocks: r.Blocks, RootHash: r.RootHash, Salt: r.Salt}
+			if err := initsys.MountVerityRootfs(ctx, log, v, r.FSType); err != nil {
+				return err
+			}
 		}
 	}
 
