@@ -4,9 +4,9 @@
 // containers need it), load the kernel modules the initrd carries, bring up
 // loopback, and later reap orphans and power the machine off.
 //
-// Setup runs twice in a VM: the first run, on the initramfs, copies the
-// root onto a tmpfs and re-executes /init there; the second run finds
-// itself on the tmpfs and finishes the setup.
+// On the initramfs, Setup copies the root onto a tmpfs (all but the
+// running agent binary, which stays mapped), frees the initramfs and
+// chroots into the tmpfs, in the same process.
 package initsys
 
 import (
@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -88,11 +89,12 @@ var devLinks = [][2]string{
 	{"/proc/kcore", "/dev/core"},
 }
 
-// Setup prepares the VM. On the initramfs it does not return: it
-// re-executes /init on the new root, which calls Setup again.
+// Setup prepares the VM. Calling it again (on the tmpfs root) mounts
+// nothing twice.
 func Setup(ctx context.Context, cfg Config) error {
 	cfg.defaults()
 	log := cfg.Logger
+	start := time.Now()
 	for _, m := range earlyMounts {
 		if err := mountOnce(m); err != nil {
 			return err
@@ -107,14 +109,18 @@ func Setup(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if onInitramfs {
-		log.DebugContext(ctx, "moving from the initramfs to a tmpfs root", "new_root", cfg.NewRoot)
-		if err := switchRoot(cfg.NewRoot); err != nil {
+		// The running binary is not copied: it stays mapped (and
+		// reachable as /proc/self/exe for container processes) after
+		// its initramfs file is gone, and copying and re-executing tens
+		// of megabytes would double the agent's start-up time.
+		self, err := os.Executable()
+		if err != nil {
 			return fmt.Errorf("switch root: %w", err)
 		}
-		exe := "/init"
-		if err := unix.Exec(exe, append([]string{exe}, os.Args[1:]...), os.Environ()); err != nil {
-			return fmt.Errorf("re-exec %s on the new root: %w", exe, err)
+		if err := switchRoot(cfg.NewRoot, self); err != nil {
+			return fmt.Errorf("switch root: %w", err)
 		}
+		log.InfoContext(ctx, "moved from the initramfs to a tmpfs root", "took", time.Since(start).Round(time.Millisecond), "uptime", Uptime())
 	}
 	for _, m := range lateMounts {
 		if err := mountOnce(m); err != nil {
@@ -133,11 +139,28 @@ func Setup(ctx context.Context, cfg Config) error {
 	for _, e := range errs {
 		log.WarnContext(ctx, "kernel module", "error", e)
 	}
-	log.DebugContext(ctx, "kernel modules loaded", "count", loaded)
 	if err := loopbackUp(); err != nil {
 		return fmt.Errorf("loopback: %w", err)
 	}
+	log.InfoContext(ctx, "guest set up", "modules", loaded, "took", time.Since(start).Round(time.Millisecond), "uptime", Uptime())
 	return nil
+}
+
+// Uptime is the time since the kernel booted, for boot-time logs.
+func Uptime() time.Duration {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	d, err := time.ParseDuration(f[0] + "s")
+	if err != nil {
+		return 0
+	}
+	return d
 }
 
 // mountOnce mounts m unless its target is already a mount point.

@@ -160,7 +160,9 @@ func TestCopyTreeAndRemoveTree(t *testing.T) {
 	}
 
 	skip := map[string]bool{filepath.Join(src, "proc"): true}
-	if err := copyTree(src, dst, skip); err != nil {
+	mk("running-binary", 0o755, 0, "not copied")
+	leave := map[string]bool{filepath.Join(src, "running-binary"): true}
+	if err := copyTree(src, dst, skip, leave); err != nil {
 		t.Fatal(err)
 	}
 	check := func(p string, mode os.FileMode, uid int, data string) {
@@ -189,7 +191,7 @@ func TestCopyTreeAndRemoveTree(t *testing.T) {
 	if l, err := os.Readlink(filepath.Join(dst, "etc/link")); err != nil || l != "../init" {
 		t.Errorf("symlink = %q, %v", l, err)
 	}
-	for _, absent := range []string{"fifo", "proc/not-copied", "mnt/on-other-fs"} {
+	for _, absent := range []string{"fifo", "proc/not-copied", "mnt/on-other-fs", "running-binary"} {
 		if _, err := os.Lstat(filepath.Join(dst, absent)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s copied (%v)", absent, err)
 		}

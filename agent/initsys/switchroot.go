@@ -14,10 +14,11 @@ import (
 // pseudoMounts move along to the new root.
 var pseudoMounts = []string{"/proc", "/sys", "/dev"}
 
-// switchRoot copies the initramfs onto a tmpfs at newRoot, moves the
-// pseudo filesystems there, frees the initramfs and makes newRoot the root
-// of the mount namespace, as switch_root(8) does. The caller execs /init.
-func switchRoot(newRoot string) error {
+// switchRoot copies the initramfs, except the files in leave, onto a tmpfs
+// at newRoot, moves the pseudo filesystems there, frees the initramfs and
+// makes newRoot the root of the mount namespace and of this process, as
+// switch_root(8) does.
+func switchRoot(newRoot string, leave ...string) error {
 	if err := os.MkdirAll(newRoot, 0o755); err != nil {
 		return err
 	}
@@ -28,7 +29,11 @@ func switchRoot(newRoot string) error {
 	for _, m := range pseudoMounts {
 		skip[m] = true
 	}
-	if err := copyTree("/", newRoot, skip); err != nil {
+	left := map[string]bool{}
+	for _, p := range leave {
+		left[p] = true
+	}
+	if err := copyTree("/", newRoot, skip, left); err != nil {
 		return err
 	}
 	for _, m := range pseudoMounts {
@@ -59,8 +64,9 @@ func switchRoot(newRoot string) error {
 // copyTree copies the directories, regular files and symlinks under src to
 // dst with their modes and owners, staying on src's filesystem. Paths in
 // skip (absolute, under src) are created as empty directories and not
-// descended into. Device nodes, fifos and sockets are left out.
-func copyTree(src, dst string, skip map[string]bool) error {
+// descended into; files in leave are not copied. Device nodes, fifos and
+// sockets are left out.
+func copyTree(src, dst string, skip, leave map[string]bool) error {
 	var rootSt unix.Stat_t
 	if err := unix.Lstat(src, &rootSt); err != nil {
 		return err
@@ -96,6 +102,9 @@ func copyTree(src, dst string, skip map[string]bool) error {
 				}
 			}
 		case unix.S_IFREG:
+			if leave[p] {
+				return nil
+			}
 			if err := copyFile(p, target); err != nil {
 				return err
 			}

@@ -163,8 +163,11 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	log.Info("agent serving", "address", cfg.ServerAddr, "version", version, "pid1", pid1,
-		"attestation", cfg.Attestation)
+	attrs := []any{"address", cfg.ServerAddr, "version", version, "pid1", pid1, "attestation", cfg.Attestation}
+	if pid1 {
+		attrs = append(attrs, "uptime", initsys.Uptime())
+	}
+	log.Info("agent serving", attrs...)
 	serveErr := srv.Serve(ctx, l)
 	// On a host, leave nothing behind; in a guest the VM goes away anyway.
 	cctx := context.WithoutCancel(ctx)
