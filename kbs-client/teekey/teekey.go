@@ -68,12 +68,14 @@ func (k *Key) Decrypt(jwe []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse JWE: %w", err)
 	}
-	if obj.Header.Algorithm != k.alg {
-		return nil, fmt.Errorf("JWE key algorithm %s, want %s", obj.Header.Algorithm, k.alg)
-	}
-	out, err := obj.Decrypt(k.priv)
+	// DecryptMulti handles the flattened form (one recipient) and the
+	// general form alike, and tells which recipient's header applied.
+	_, hdr, out, err := obj.DecryptMulti(k.priv)
 	if err != nil {
 		return nil, fmt.Errorf("decrypt JWE: %w", err)
+	}
+	if hdr.Algorithm != k.alg {
+		return nil, fmt.Errorf("JWE key algorithm %s, want %s", hdr.Algorithm, k.alg)
 	}
 	return out, nil
 }

@@ -86,11 +86,105 @@ func TestPublicKeyRejects(t *testing.T) {
 	}
 }
 
+// jweSeeds are JWEs for k around the plaintext: valid ones, and the usual
+// ways of getting one wrong.
+func jweSeeds(t testing.TB, k *Key, plaintext []byte) [][]byte {
+	t.Helper()
+	good, err := Encrypt(k.Public(), plaintext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flat map[string]any
+	if err := json.Unmarshal(good, &flat); err != nil {
+		t.Fatal(err)
+	}
+	variant := func(field string, change func(string) string) []byte {
+		m := map[string]any{}
+		for k, v := range flat {
+			m[k] = v
+		}
+		m[field] = change(m[field].(string))
+		b, _ := json.Marshal(m)
+		return b
+	}
+	flip := func(s string) string {
+		b, _ := base64.RawURLEncoding.DecodeString(s)
+		if len(b) > 0 {
+			b[len(b)-1] ^= 0x80
+		}
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	header := func(alg, enc string) func(string) string {
+		return func(string) string {
+			return base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"` + alg + `","enc":"` + enc + `"}`))
+		}
+	}
+	enc, _ := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: jose.KeyAlgorithm(k.alg), Key: k.Public()}, nil)
+	seeds := [][]byte{good, variant("tag", flip), variant("ciphertext", flip), variant("iv", flip),
+		variant("protected", header("dir", "A256GCM")), variant("protected", header(k.alg, "A128CBC-HS256")),
+		variant("protected", header("none", "none")), good[:len(good)/2], []byte(`{}`), []byte(`[]`)}
+	if enc != nil {
+		// A general serialization with two recipients of the same key.
+		pub, _, _ := PublicKey(k.Public())
+		multi, err := jose.NewMultiEncrypter(jose.A256GCM, []jose.Recipient{
+			{Algorithm: jose.KeyAlgorithm(k.alg), Key: pub}, {Algorithm: jose.KeyAlgorithm(k.alg), Key: pub}}, nil)
+		if err == nil {
+			if obj, err := multi.Encrypt(plaintext); err == nil {
+				seeds = append(seeds, []byte(obj.FullSerialize()))
+			}
+		}
+	}
+	return seeds
+}
+
 func FuzzDecrypt(f *testing.F) {
-	k, _ := New(protocol.AlgECDH)
-	jwe, _ := Encrypt(k.Public(), []byte("seed"))
-	f.Add(jwe)
+	plaintext := []byte("fuzz seed plaintext")
+	ec, err := New(protocol.AlgECDH)
+	if err != nil {
+		f.Fatal(err)
+	}
+	rsaKey, err := New(protocol.AlgRSAOAE)
+	if err != nil {
+		f.Fatal(err)
+	}
+	keys := []*Key{ec, rsaKey}
+	for _, k := range keys {
+		for _, s := range jweSeeds(f, k, plaintext) {
+			f.Add(s)
+		}
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		k.Decrypt(b)
+		for _, k := range keys {
+			out, err := k.Decrypt(b)
+			if err != nil {
+				if out != nil {
+					t.Fatal("a failed decryption returned plaintext")
+				}
+				continue
+			}
+			// Only the seeds' authors ever encrypted to these keys: anything
+			// that opens must be their plaintext, never bytes an altered
+			// message made up.
+			if !bytes.Equal(out, plaintext) {
+				t.Fatalf("decrypted to %q", out)
+			}
+		}
 	})
+}
+
+func TestDecryptSeeds(t *testing.T) {
+	plaintext := []byte("p")
+	for _, alg := range []string{protocol.AlgECDH, protocol.AlgRSAOAE} {
+		k, _ := New(alg)
+		seeds := jweSeeds(t, k, plaintext)
+		for i, s := range seeds {
+			out, err := k.Decrypt(s)
+			// Only the untouched JWE (first) and the two-recipient one
+			// (last) are valid.
+			valid := i == 0 || i == len(seeds)-1
+			if valid != (err == nil) || (valid && !bytes.Equal(out, plaintext)) {
+				t.Errorf("%s seed %d: %q, %v (valid %v)", alg, i, out, err, valid)
+			}
+		}
+	}
 }
