@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -76,6 +77,9 @@ type Config struct {
 
 	SharedDirs []SharedDir
 	Disks      []Disk
+	// Network, when set, gives the guest one network interface that
+	// reaches only the listed host services.
+	Network *Network
 
 	// AgentBinary is the agent the process launcher runs.
 	AgentBinary string
@@ -89,6 +93,32 @@ type SharedDir struct {
 	HostPath string
 	ReadOnly bool
 }
+
+// Network is a private network between the guest and the host: the
+// guest's interface (GuestMAC) gets GuestCIDR from the agent (the shim's
+// UpdateInterface/UpdateRoutes), and every connection it opens is refused
+// except to ServiceIP:GuestPort, which the VMM forwards to the host
+// service HostAddr (a loopback address). Nothing else on the host or
+// beyond is reachable. QEMU implements it with a restricted user-mode
+// network; the process launcher shares the host's network instead.
+type Network struct {
+	Forwards []Forward
+}
+
+// Forward is one host service the guest may reach.
+type Forward struct {
+	GuestPort int
+	HostAddr  string
+}
+
+// The guest side of Network.
+const (
+	GuestMAC    = "52:54:00:c0:c0:01"
+	GuestCIDR   = "10.0.2.15/24"
+	GatewayIP   = "10.0.2.2"
+	ServiceIP   = "10.0.2.100"
+	maxForwards = 16
+)
 
 // Disk is a raw block device or image file attached to the guest.
 type Disk struct {
@@ -244,6 +274,22 @@ func Validate(cfg *Config, req Requirements) error {
 	for i, d := range cfg.Disks {
 		if err := existing(fmt.Sprintf("disk %d", i), d.Path); err != nil {
 			return err
+		}
+	}
+	if n := cfg.Network; n != nil {
+		if len(n.Forwards) > maxForwards {
+			return fmt.Errorf("network: %d forwards, at most %d: %w", len(n.Forwards), maxForwards, errdefs.ErrInvalidArgument)
+		}
+		ports := map[int]bool{}
+		for _, f := range n.Forwards {
+			if f.GuestPort < 1 || f.GuestPort > 65535 || ports[f.GuestPort] {
+				return fmt.Errorf("network forward: guest port %d out of range or used twice: %w", f.GuestPort, errdefs.ErrInvalidArgument)
+			}
+			ports[f.GuestPort] = true
+			ap, err := netip.ParseAddrPort(f.HostAddr)
+			if err != nil || !ap.Addr().IsLoopback() || ap.Port() == 0 {
+				return fmt.Errorf("network forward to %q: want a loopback ip:port on the host: %w", f.HostAddr, errdefs.ErrInvalidArgument)
+			}
 		}
 	}
 	if cfg.ConsoleLog == "" {

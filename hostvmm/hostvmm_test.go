@@ -42,6 +42,18 @@ func TestValidate(t *testing.T) {
 		{"minimal", func(*Config) {}, Requirements{Kernel: true}, nil},
 		{"process needs no kernel", func(c *Config) { c.Kernel, c.Initrd, c.AgentBinary = "", "", kernel }, Requirements{AgentBinary: true}, nil},
 		{"empty id", func(c *Config) { c.ID = "" }, Requirements{}, errdefs.ErrInvalidArgument},
+		{"network forward off loopback", func(c *Config) {
+			c.Network = &Network{Forwards: []Forward{{GuestPort: 80, HostAddr: "192.0.2.1:80"}}}
+		}, Requirements{}, errdefs.ErrInvalidArgument},
+		{"network forward by name", func(c *Config) {
+			c.Network = &Network{Forwards: []Forward{{GuestPort: 80, HostAddr: "localhost:80"}}}
+		}, Requirements{}, errdefs.ErrInvalidArgument},
+		{"network guest port reused", func(c *Config) {
+			c.Network = &Network{Forwards: []Forward{{GuestPort: 80, HostAddr: "127.0.0.1:80"}, {GuestPort: 80, HostAddr: "127.0.0.1:81"}}}
+		}, Requirements{}, errdefs.ErrInvalidArgument},
+		{"network guest port zero", func(c *Config) {
+			c.Network = &Network{Forwards: []Forward{{GuestPort: 0, HostAddr: "127.0.0.1:80"}}}
+		}, Requirements{}, errdefs.ErrInvalidArgument},
 		{"id with slash", func(c *Config) { c.ID = "a/b" }, Requirements{}, errdefs.ErrInvalidArgument},
 		{"id with dots only", func(c *Config) { c.ID = ".." }, Requirements{}, errdefs.ErrInvalidArgument},
 		{"id too long", func(c *Config) { c.ID = strings.Repeat("a", 65) }, Requirements{}, errdefs.ErrInvalidArgument},

@@ -31,7 +31,7 @@ import (
 // DefaultModules are the modules the guest agent needs with Debian's kernel,
 // where every virtio driver is a module.
 var DefaultModules = []string{
-	"virtio_pci", "virtio_mmio", "virtio_console", "virtio_blk",
+	"virtio_pci", "virtio_mmio", "virtio_console", "virtio_blk", "virtio_net",
 	"vsock", "vmw_vsock_virtio_transport", "virtiofs", "9p", "9pnet_virtio",
 	"dm_verity", "overlay", "erofs", "sev-guest",
 }

@@ -119,6 +119,11 @@ func (l *Launcher) Start(ctx context.Context, cfg hostvmm.Config) (hostvmm.Sandb
 	if err := hostvmm.Validate(&cfg, req); err != nil {
 		return nil, err
 	}
+	if cfg.Network != nil {
+		// cloud-hypervisor networks through tap devices, which this
+		// launcher does not make yet.
+		return nil, fmt.Errorf("sandbox %s: the cloud-hypervisor launcher has no forwarded network yet (use qemu or process): %w", cfg.ID, errdefs.ErrNotImplemented)
+	}
 	vc, err := VMConfig(&cfg)
 	if err != nil {
 		return nil, err

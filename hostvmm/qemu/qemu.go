@@ -248,6 +248,14 @@ func (l *Launcher) Args(cfg *hostvmm.Config) ([]string, error) {
 		}
 		args = append(args, "-drive", opt, "-device", dev("virtio-blk")+",drive="+id)
 	}
+	if n := cfg.Network; n != nil {
+		// restrict=on: the guest reaches nothing but the guestfwd rules.
+		opt := "user,id=net0,restrict=on,net=10.0.2.0/24,host=" + hostvmm.GatewayIP + ",ipv6=off"
+		for _, f := range n.Forwards {
+			opt += ",guestfwd=tcp:" + hostvmm.ServiceIP + ":" + strconv.Itoa(f.GuestPort) + "-tcp:" + f.HostAddr
+		}
+		args = append(args, "-netdev", opt, "-device", dev("virtio-net")+",netdev=net0,mac="+hostvmm.GuestMAC)
+	}
 	for i, s := range cfg.SharedDirs {
 		id := "fs" + strconv.Itoa(i)
 		if virtiofs {

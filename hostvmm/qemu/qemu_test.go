@@ -101,6 +101,19 @@ func TestArgs(t *testing.T) {
 			appendNo: []string{"cocoon."},
 		},
 		{
+			name:     "restricted network with forwards",
+			launcher: Launcher{Accel: "tcg"},
+			cfg: func() hostvmm.Config {
+				c := base()
+				c.Network = &hostvmm.Network{Forwards: []hostvmm.Forward{{GuestPort: 8080, HostAddr: "127.0.0.1:18080"}, {GuestPort: 5000, HostAddr: "127.0.0.1:5000"}}}
+				return c
+			},
+			want: map[string][]string{
+				"-netdev": {"user,id=net0,restrict=on,net=10.0.2.0/24,host=10.0.2.2,ipv6=off,guestfwd=tcp:10.0.2.100:8080-tcp:127.0.0.1:18080,guestfwd=tcp:10.0.2.100:5000-tcp:127.0.0.1:5000"},
+				"-device": {"virtio-net-device,netdev=net0,mac=52:54:00:c0:c0:01"},
+			},
+		},
+		{
 			name:     "q35 kvm with disks and shares",
 			launcher: Launcher{Accel: "kvm", Machine: MachineQ35},
 			cfg: func() hostvmm.Config {
