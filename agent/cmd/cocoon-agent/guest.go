@@ -13,7 +13,6 @@ import (
 	"github.com/cocoon-containers/cocoon/agent/config"
 	"github.com/cocoon-containers/cocoon/agent/policy"
 	"github.com/cocoon-containers/cocoon/attestation"
-	"github.com/cocoon-containers/cocoon/kbs-client/client"
 	"github.com/cocoon-containers/cocoon/kbs-client/endpoint"
 )
 
@@ -52,25 +51,25 @@ const initdataMagic = "initdata"
 // and installs its policy; HOST_DATA must carry the document's digest. A
 // device that is there but does not verify stops the agent: the host
 // asked for a policy the guest cannot prove.
-func applyInitdataDevice(ctx context.Context, e *policy.Enforcer, log *slog.Logger) error {
+func applyInitdataDevice(ctx context.Context, e *policy.Enforcer, log *slog.Logger) (*policy.Initdata, error) {
 	dev, err := findInitdataDevice("/sys/class/block", "/dev")
 	if err != nil || dev == "" {
-		return err
+		return nil, err
 	}
 	f, err := os.Open(dev)
 	if err != nil {
-		return fmt.Errorf("initdata device %s: %w", dev, err)
+		return nil, fmt.Errorf("initdata device %s: %w", dev, err)
 	}
 	defer f.Close()
 	id, err := policy.LoadInitdata(ctx, f)
 	if err != nil {
-		return fmt.Errorf("initdata device %s: %w", dev, err)
+		return nil, fmt.Errorf("initdata device %s: %w", dev, err)
 	}
 	if err := e.ApplyInitdata(ctx, id); err != nil {
-		return fmt.Errorf("initdata device %s: %w", dev, err)
+		return nil, fmt.Errorf("initdata device %s: %w", dev, err)
 	}
 	log.InfoContext(ctx, "initdata policy installed", "device", dev)
-	return nil
+	return id, nil
 }
 
 // findInitdataDevice returns the first whole virtio disk whose first bytes
@@ -107,29 +106,29 @@ func findInitdataDevice(sysBlock, devDir string) (string, error) {
 }
 
 // startWorkloadEndpoint serves the CoCo-compatible endpoint on loopback
-// when a KBS is configured and the guest can attest.
-func startWorkloadEndpoint(ctx context.Context, cfg config.Config, p attestation.Provider, log *slog.Logger) error {
-	if cfg.KBSURL == "" {
+// when a KBS is configured (command line, or the initdata's cdh.toml and
+// aa.toml) and the guest can attest. Initdata that arrives later through
+// SetPolicy does not reconfigure it.
+func startWorkloadEndpoint(ctx context.Context, cfg config.Config, id *policy.Initdata, p attestation.Provider, log *slog.Logger) error {
+	var files map[string]string
+	if id != nil {
+		files = id.Data
+	}
+	o, err := endpoint.FromConfig(cfg.KBSURL, files, p, log)
+	if err != nil {
+		return err
+	}
+	if o.KBSURL == "" {
 		return nil
 	}
 	if p == nil {
 		log.WarnContext(ctx, "a KBS is configured but attestation is none: no workload endpoint")
 		return nil
 	}
-	kc, err := client.New(client.Config{URL: cfg.KBSURL, Provider: p})
-	if err != nil {
-		return fmt.Errorf("kbs client: %w", err)
-	}
-	l, err := endpoint.Listen(ctx, endpoint.DefaultAddr)
-	if err != nil {
-		return fmt.Errorf("workload endpoint: %w", err)
-	}
-	srv := endpoint.New(endpoint.Config{KBS: kc, Provider: p, Logger: log})
 	go func() {
-		if err := srv.Serve(ctx, l); err != nil {
+		if err := endpoint.Run(ctx, o); err != nil {
 			log.ErrorContext(ctx, "workload endpoint stopped", "error", err)
 		}
 	}()
-	log.InfoContext(ctx, "workload endpoint serving", "address", endpoint.DefaultAddr, "kbs", cfg.KBSURL)
 	return nil
 }

@@ -125,8 +125,9 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var initdata *policy.Initdata
 	if pid1 {
-		if err := applyInitdataDevice(ctx, enforcer, log); err != nil {
+		if initdata, err = applyInitdataDevice(ctx, enforcer, log); err != nil {
 			return err
 		}
 		if r := cfg.RootfsVerity; r != nil {
@@ -153,7 +154,7 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := startWorkloadEndpoint(ctx, cfg, provider, log); err != nil {
+	if err := startWorkloadEndpoint(ctx, cfg, initdata, provider, log); err != nil {
 		return err
 	}
 	if err := removeStaleSocket(cfg.ServerAddr); err != nil {

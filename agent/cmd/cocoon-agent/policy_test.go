@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +15,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cocoon-containers/cocoon/kbs-client/endpoint"
+	"github.com/cocoon-containers/cocoon/kbs-client/kbstest"
+	"github.com/cocoon-containers/cocoon/kbs-client/server"
 	"github.com/cocoon-containers/cocoon/rootfs"
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 )
@@ -108,5 +113,52 @@ func TestFindInitdataDevice(t *testing.T) {
 	got, err = findInitdataDevice(sys, dev)
 	if err != nil || got != "" {
 		t.Errorf("without the device: got %q, %v", got, err)
+	}
+}
+
+// TestWorkloadEndpointThroughAgent: the agent binary, configured with a
+// KBS URL and simulated SNP, serves the workload endpoint; a workload gets
+// its secret after attestation, and the agent's log holds no secret,
+// nonce, cookie or token.
+func TestWorkloadEndpointThroughAgent(t *testing.T) {
+	k := kbstest.Start(t, server.Config{})
+	h, m := kbstest.HostData(), kbstest.Measurement()
+	a := startAgent(t, "COCOON_ATTESTATION=simulated", "COCOON_KBS_URL="+k.Srv.URL,
+		"COCOON_SIM_HOST_DATA="+hex.EncodeToString(h[:]), "COCOON_SIM_MEASUREMENT="+hex.EncodeToString(m[:]))
+	a.dial(t)
+	url := "http://" + endpoint.DefaultAddr + "/cdh/resource/default/key/1"
+	var body []byte
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET %s: %s: %s", url, resp.Status, body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("workload endpoint not serving: %v\n%s", err, a.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if string(body) != kbstest.Secret {
+		t.Errorf("secret = %q, want %q", body, kbstest.Secret)
+	}
+	resp, err := http.Get("http://" + endpoint.DefaultAddr + "/cdh/resource/default/key/../../x")
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Error("a traversal path was served")
+		}
+	}
+	a.stop(t)
+	logs := a.stderr.String()
+	for _, s := range append(k.Sensitive(), kbstest.Secret) {
+		if s != "" && strings.Contains(logs, s) {
+			t.Errorf("agent log leaks %q", s)
+		}
 	}
 }
