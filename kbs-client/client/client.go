@@ -96,6 +96,9 @@ func New(cfg Config) (*Client, error) {
 	hc := cfg.HTTPClient
 	if hc == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
+		// The workload endpoint fetches for many containers at once; keep
+		// enough warm connections that it does not redo TLS handshakes.
+		tr.MaxIdleConnsPerHost = 16
 		tc, err := TLSConfig(cfg.CACert, cfg.CertPin)
 		if err != nil {
 			return nil, err
