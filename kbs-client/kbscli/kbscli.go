@@ -211,6 +211,7 @@ func KBS(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 	repo := fs.String("repository", "", "resource directory (<repo>/<type>/<tag>)")
 	adminKey := fs.String("admin-key", "", "file holding the admin key (enables the admin API)")
 	policy := fs.String("policy", "", "resource policy (Rego, package policy, rule allow)")
+	attPolicy := fs.String("attestation-policy", "", "attestation policy (Rego, package policy, rule allow over input.claims)")
 	trustSim := fs.Bool("trust-simulated-snp", false, "accept reports signed by the simulated (test-only) AMD root")
 	tlsCert := fs.String("tls-cert", "", "TLS certificate")
 	tlsKey := fs.String("tls-key", "", "TLS key")
@@ -239,6 +240,13 @@ func KBS(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 		}
 		cfg.ResourcePolicy = string(b)
 	}
+	if *attPolicy != "" {
+		b, err := os.ReadFile(*attPolicy)
+		if err != nil {
+			return err
+		}
+		cfg.AttestationPolicy = string(b)
+	}
 	s, err := server.New(ctx, cfg)
 	if err != nil {
 		return err
@@ -248,7 +256,8 @@ func KBS(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn)}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
