@@ -22,6 +22,15 @@ import (
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 )
 
+// requireSimulated skips unless the test binary has the simulated SNP
+// provider; make test (hack/test.sh) builds the tests with that tag.
+func requireSimulated(t *testing.T) {
+	t.Helper()
+	if simulatedProvider == nil {
+		t.Skip("needs the simulated SNP provider: go test -tags simulated (make test sets it)")
+	}
+}
+
 func wantCode(t *testing.T, what string, err error, code codes.Code, msg string) {
 	t.Helper()
 	if status.Code(err) != code || !strings.Contains(status.Convert(err).Message(), msg) {
@@ -33,9 +42,7 @@ func wantCode(t *testing.T, what string, err error, code codes.Code, msg string)
 // would (simulated SNP): the image's default policy allows only SetPolicy,
 // and only a policy whose hash is HOST_DATA replaces it.
 func TestPolicyBoundToHostData(t *testing.T) {
-	if simulatedProvider == nil {
-		t.Fatal("tests are built with -tags simulated (hack/test.sh)")
-	}
+	requireSimulated(t)
 	dir := t.TempDir()
 	deflt := filepath.Join(dir, "default.rego")
 	if err := os.WriteFile(deflt, rootfs.AllowOnlySetPolicy(), 0o644); err != nil {
@@ -121,6 +128,7 @@ func TestFindInitdataDevice(t *testing.T) {
 // its secret after attestation, and the agent's log holds no secret,
 // nonce, cookie or token.
 func TestWorkloadEndpointThroughAgent(t *testing.T) {
+	requireSimulated(t)
 	k := kbstest.Start(t, server.Config{})
 	h, m := kbstest.HostData(), kbstest.Measurement()
 	a := startAgent(t, "COCOON_ATTESTATION=simulated", "COCOON_KBS_URL="+k.Srv.URL,
