@@ -209,11 +209,16 @@ func (c *Client) Exists(name string) (bool, error) {
 }
 
 // Verity describes a dm-verity device over a data device and a hash
-// device in veritysetup's format (superblock in the first hash block).
+// device in veritysetup's format: a superblock, then the tree.
 type Verity struct {
 	DataDevice, HashDevice string
 	// DataBlocks is the number of 4096-byte data blocks covered.
 	DataBlocks uint64
+	// HashStartBlock is the 4096-byte block of the hash device where the
+	// tree starts, after the superblock: 1 for a separate hash device
+	// (the default when zero), DataBlocks+1 for a tree appended to the
+	// data.
+	HashStartBlock uint64
 	// RootHash is the SHA-256 root hash; Salt may be empty.
 	RootHash, Salt []byte
 }
@@ -238,8 +243,15 @@ func (v Verity) Target() (Target, error) {
 	if len(v.Salt) > 0 {
 		salt = hex.EncodeToString(v.Salt)
 	}
-	// Version 1, 4 KiB blocks, the tree after one superblock block.
-	params := fmt.Sprintf("1 %s %s 4096 4096 %d 1 sha256 %s %s", v.DataDevice, v.HashDevice, v.DataBlocks,
+	start := v.HashStartBlock
+	if start == 0 {
+		start = 1
+	}
+	if v.DataDevice == v.HashDevice && start <= v.DataBlocks {
+		return Target{}, fmt.Errorf("verity tree at block %d overlaps the %d data blocks on the same device", start, v.DataBlocks)
+	}
+	// Version 1, 4 KiB blocks.
+	params := fmt.Sprintf("1 %s %s 4096 4096 %d %d sha256 %s %s", v.DataDevice, v.HashDevice, v.DataBlocks, start,
 		hex.EncodeToString(v.RootHash), salt)
 	return Target{Start: 0, Length: v.DataBlocks * 8, Type: "verity", Params: params}, nil
 }

@@ -108,7 +108,13 @@ func TestVerityTarget(t *testing.T) {
 	if !strings.HasSuffix(tg.Params, " -") {
 		t.Errorf("empty salt: %q, want '-'", tg.Params)
 	}
+	tg, err = Verity{DataDevice: "/dev/vdc", HashDevice: "/dev/vdc", DataBlocks: 10, HashStartBlock: 11, RootHash: root}.Target()
+	if err != nil || !strings.HasPrefix(tg.Params, "1 /dev/vdc /dev/vdc 4096 4096 10 11 sha256 ") {
+		t.Errorf("appended tree: %+v, %v", tg, err)
+	}
 	bad := []Verity{
+		{DataDevice: "/dev/vdc", HashDevice: "/dev/vdc", DataBlocks: 10, HashStartBlock: 10, RootHash: root},
+		{DataDevice: "/dev/vdc", HashDevice: "/dev/vdc", DataBlocks: 10, RootHash: root},
 		{DataDevice: "vda", HashDevice: "/dev/vdb", DataBlocks: 1, RootHash: root},
 		{DataDevice: "/dev/vda x", HashDevice: "/dev/vdb", DataBlocks: 1, RootHash: root},
 		{DataDevice: "/dev/vda", HashDevice: "/dev/vdb", DataBlocks: 0, RootHash: root},
