@@ -154,6 +154,9 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if pid1 {
+		startDebugConsole(ctx, cfg, log)
+	}
 	if err := startWorkloadEndpoint(ctx, cfg, initdata, provider, log); err != nil {
 		return err
 	}
