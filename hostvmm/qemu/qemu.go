@@ -173,7 +173,9 @@ func (l *Launcher) Args(cfg *hostvmm.Config) ([]string, error) {
 	if !strings.Contains(" "+cfg.Cmdline, " agent.server_addr=") && !strings.Contains(" "+cfg.Cmdline, " cocoon.server_addr=") {
 		extra = append(extra, "agent.server_addr=serial://"+hostvmm.AgentChannel)
 	}
-	if accel == "tcg" {
+	if accel == "tcg" && !strings.Contains(" "+cfg.Cmdline, " tsc_early_khz=") {
+		// A command line that already names it (one a rootfs manifest
+		// measured) keeps its value.
 		extra = append(extra, "tsc_early_khz="+strconv.Itoa(TSCKHz()))
 	}
 	cmdline, err := hostvmm.KernelCmdline(cfg, extra...)
