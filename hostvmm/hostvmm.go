@@ -356,7 +356,7 @@ func KernelCmdline(cfg *Config, extra ...string) (string, error) {
 	}
 	switch cfg.Confidential {
 	case ConfidentialSimulated:
-		parts = append(parts, "cocoon.attestation=simulated")
+		parts = append(parts, rootfs.SimulatedAttestationParam)
 	case ConfidentialSNP:
 		parts = append(parts, "cocoon.attestation=snp")
 	}

@@ -277,7 +277,9 @@ func Build(ctx context.Context, c *Config, outDir string, progress io.Writer) (*
 
 	kSum := sha256.Sum256(kb)
 	iSum := sha256.Sum256(gz.Bytes())
-	meas := SimulatedMeasurement(kSum, iSum, m.Cmdline+appendSpace(m.VerityCmdline))
+	// The command line a launcher boots in simulated mode: the base,
+	// the verity fragment, then the attestation mode it adds itself.
+	meas := SimulatedMeasurement(kSum, iSum, m.Cmdline+appendSpace(m.VerityCmdline)+" "+SimulatedAttestationParam)
 	m.ReferenceValues.SimulatedMeasurement = hex.EncodeToString(meas[:])
 	hd := PolicyHostData(policy)
 	m.ReferenceValues.DefaultPolicyHostData = hex.EncodeToString(hd[:])

@@ -225,7 +225,7 @@ func TestBuild(t *testing.T) {
 		}
 		kern, _ := os.ReadFile(filepath.Join(dir, "out1", KernelFile))
 		kSum, iSum := sha(kern), sha(initrd1)
-		want := SimulatedMeasurement(kSum, iSum, m.Cmdline+" "+m.VerityCmdline)
+		want := SimulatedMeasurement(kSum, iSum, m.Cmdline+" "+m.VerityCmdline+" cocoon.attestation=simulated")
 		if got := m.ReferenceValues.SimulatedMeasurement; got != hexs(want[:]) {
 			t.Errorf("simulated measurement = %s, want %s", got, hexs(want[:]))
 		}

@@ -46,6 +46,10 @@ func SimulatedMeasurement(kernelSHA256, initrdSHA256 [32]byte, cmdline string) [
 	return out
 }
 
+// SimulatedAttestationParam is what a launcher appends to the command line
+// of a simulated-SNP guest; it is part of the measured command line.
+const SimulatedAttestationParam = "cocoon.attestation=simulated"
+
 // BaseCmdline drops the cocoon.sim_* parameters and normalizes spacing.
 func BaseCmdline(cmdline string) string {
 	var keep []string

@@ -188,7 +188,7 @@ salt = "c0c0"
 			}
 			kb, _ := os.ReadFile(filepath.Join(out1, KernelFile))
 			ib, _ := os.ReadFile(filepath.Join(out1, InitrdFile))
-			meas := SimulatedMeasurement(sha(kb), sha(ib), "console=ttyS0 "+m.VerityCmdline)
+			meas := SimulatedMeasurement(sha(kb), sha(ib), "console=ttyS0 "+m.VerityCmdline+" cocoon.attestation=simulated")
 			if got, want := m.ReferenceValues.SimulatedMeasurement, hex.EncodeToString(meas[:]); got != want {
 				t.Errorf("simulated measurement = %s, want %s", got, want)
 			}
