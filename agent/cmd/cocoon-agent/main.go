@@ -26,6 +26,7 @@ import (
 	"github.com/cocoon-containers/cocoon/agent/config"
 	"github.com/cocoon-containers/cocoon/agent/devmapper"
 	"github.com/cocoon-containers/cocoon/agent/initsys"
+	"github.com/cocoon-containers/cocoon/agent/network"
 	// Container processes ("cocoon-agent init") are set up from its
 	// initializer, before the rest of the agent initializes.
 	_ "github.com/cocoon-containers/cocoon/agent/container/reexec"
@@ -141,6 +142,7 @@ func run(ctx context.Context) error {
 	opts := server.Options{
 		Interceptors: []ttrpc.UnaryServerInterceptor{enforcer.UnaryInterceptor()},
 		Policy:       enforcer,
+		Network:      network.New(),
 		PID1:         pid1,
 		Version:      version,
 		Logger:       log,
