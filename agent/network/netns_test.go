@@ -26,10 +26,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// countNetnsFDs counts this process's descriptors that refer to a network
-// namespace: namespace files and netlink sockets are both counted through
-// /proc/self/fd ("net:[...]" for the former; sockets keep theirs alive and
-// are closed with the Network and the test handle).
+// countNetnsFDs counts this process's descriptors that keep a network
+// namespace alive: namespace files ("net:[...]") and sockets (each netlink
+// socket pins the namespace it was opened in).
 func countNetnsFDs() int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
