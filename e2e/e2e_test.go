@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
+)
+
+// TestConfidentialPod is the main job as assertions: a confidential pod
+// whose policy HOST_DATA binds gets its secret; exec is refused by its
+// policy; a pod launched with a modified policy gets no secret and its
+// workload sees why; with the KBS down the workload gets 503; nothing
+// leaks into any log and nothing is left behind.
+func TestConfidentialPod(t *testing.T) {
+	vmtest.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "cocoon-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	agent, err := vmtest.BuildAgent(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := Prepare(ctx, Options{AgentBinary: agent, Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+
+	good, err := env.StartPod(ctx, "pod-good", Policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer good.Close()
+	if good.PolicyErr != nil {
+		t.Fatalf("SetPolicy of the policy HOST_DATA binds: %v\n%s", good.PolicyErr, good.ConsoleLog())
+	}
+	out, code, err := good.RunWorkload(ctx)
+	if err != nil {
+		t.Fatalf("workload: %v\n%s", err, good.ConsoleLog())
+	}
+	if out != Secret || code != 0 {
+		t.Errorf("workload printed %q (exit %d), want the secret %q\nKBS log:\n%s\nconsole:\n%s", out, code, Secret, env.KBSLogs, good.ConsoleLog())
+	}
+	err = good.Exec(ctx)
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "ExecProcessRequest is blocked by policy") {
+		t.Errorf("exec: %v, want PermissionDenied by policy", err)
+	}
+
+	modified := Policy + "\n# one more line: another policy, another HOST_DATA\n"
+	bad, err := env.StartPod(ctx, "pod-modified", modified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	if bad.PolicyErr != nil {
+		t.Fatalf("SetPolicy of the modified policy, which its own HOST_DATA binds: %v", bad.PolicyErr)
+	}
+	out, _, err = bad.RunWorkload(ctx)
+	if err != nil {
+		t.Fatalf("workload of the modified pod: %v", err)
+	}
+	if strings.Contains(out, Secret) || !strings.Contains(out, "403") {
+		t.Errorf("modified pod's workload printed %q, want a 403 and no secret", out)
+	}
+
+	env.StopKBS()
+	out, _, err = good.RunWorkload(ctx)
+	if err != nil {
+		t.Fatalf("workload with the KBS down: %v", err)
+	}
+	if strings.Contains(out, Secret) || !strings.Contains(out, "503") {
+		t.Errorf("workload with the KBS down printed %q, want a 503", out)
+	}
+
+	for _, p := range []*Pod{good, bad} {
+		e, err := p.Stop(ctx)
+		if err != nil || e.Reason != "shutdown (guest-shutdown)" {
+			t.Errorf("pod stop: %+v, %v", e, err)
+		}
+		console := p.ConsoleLog()
+		if strings.Contains(console, Secret) {
+			t.Errorf("the guest console shows the secret:\n%s", console)
+		}
+		if err := p.Close(); err != nil {
+			t.Error(err)
+		}
+	}
+	if strings.Contains(env.KBSLogs.String(), Secret) {
+		t.Error("the KBS log shows the secret")
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "pods", "*")); len(left) != 0 {
+		t.Errorf("pod state left behind: %v", left)
+	}
+}
