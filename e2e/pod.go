@@ -243,8 +243,8 @@ func (e *Env) StartPod(ctx context.Context, id, policy string) (*Pod, error) {
 		Image: e.image, VerityCmdline: e.Manifest.VerityCmdline, Cmdline: e.cmdline,
 		Disks:        []hostvmm.Disk{{Path: e.hashFile, ReadOnly: true}},
 		Confidential: hostvmm.ConfidentialSimulated, HostData: HostData(policy),
-		Network:      &hostvmm.Network{Forwards: []hostvmm.Forward{{GuestPort: kbsGuestPort, HostAddr: e.kbsAddr}}},
-		MemoryMiB:    512,
+		Network:   &hostvmm.Network{Forwards: []hostvmm.Forward{{GuestPort: kbsGuestPort, HostAddr: e.kbsAddr}}},
+		MemoryMiB: 512,
 	})
 	if err != nil {
 		return nil, err
