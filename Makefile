@@ -18,7 +18,7 @@ DEBIAN_PACKAGES := protobuf-compiler containerd runc qemu-system-x86 busybox-sta
 BUILD_TAGS ?= netgo osusergo simulated
 
 BINARIES := agent/cmd/cocoon-agent agent/cmd/cocoon-policy rootfs/cmd/cocoon-rootfs kbs-client/cmd/cocoon-kbs \
-	kbs-client/cmd/kbs-client shim/cmd/containerd-shim-cocoon-v2
+	kbs-client/cmd/kbs-client shim/cmd/containerd-shim-cocoon-v2 e2e/cmd/cocoon-demo
 PROTO_DIR := rpc/proto
 PROTOS    := $(wildcard $(PROTO_DIR)/*.proto)
 

@@ -237,7 +237,7 @@ type Pod struct {
 // p.PolicyErr, and the pod runs under the image's default policy.
 func (e *Env) StartPod(ctx context.Context, id, policy string) (*Pod, error) {
 	state := filepath.Join(e.opts.Dir, "pods", id)
-	l := &qemu.Launcher{Accel: "tcg", QuitTimeout: time.Minute, Logger: e.opts.Logger}
+	l := &qemu.Launcher{QuitTimeout: time.Minute, Logger: e.opts.Logger} // KVM when usable, TCG otherwise
 	sb, err := l.Start(ctx, hostvmm.Config{
 		ID: id, StateDir: state, Kernel: e.kernel, Initrd: e.initrd,
 		Image: e.image, VerityCmdline: e.Manifest.VerityCmdline, Cmdline: e.cmdline,

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,14 +67,44 @@ type Launcher struct {
 	SNPHost func() bool
 }
 
-// KVMUsable reports whether /dev/kvm can be opened for reading and writing.
+// KVMUsable reports whether QEMU should use KVM: /dev/kvm opens for
+// reading and writing and this host is not itself a guest, unless
+// COCOON_QEMU_ACCEL says kvm or tcg.
 func KVMUsable() bool {
+	switch os.Getenv("COCOON_QEMU_ACCEL") {
+	case "tcg":
+		return false
+	case "kvm":
+		return kvmOpens()
+	}
+	// Nested KVM (this host is itself a guest) is often unusable even
+	// when /dev/kvm opens: seen here, QEMU aborts setting an MSR or the
+	// guest hangs early in boot. It is used only when asked for.
+	return kvmOpens() && !runsUnderHypervisor("/proc/cpuinfo")
+}
+
+func kvmOpens() bool {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		return false
 	}
 	f.Close()
 	return true
+}
+
+// runsUnderHypervisor reports whether the CPU flags carry "hypervisor".
+func runsUnderHypervisor(cpuinfo string) bool {
+	b, err := os.ReadFile(cpuinfo)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && strings.TrimSpace(k) == "flags" {
+			return slices.Contains(strings.Fields(v), "hypervisor")
+		}
+	}
+	return false
 }
 
 // SNPHostAvailable reports whether the host can launch SEV-SNP guests:

@@ -559,3 +559,27 @@ func bootShareAndPoweroff(t *testing.T, fs string) {
 	}
 	assertGone(t, sb, state)
 }
+
+func TestRunsUnderHypervisor(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		flags string
+		want  bool
+	}{
+		{"fpu vme de pse tsc msr hypervisor lahf_lm", true},
+		{"fpu vme de pse tsc msr lahf_lm", false},
+	} {
+		p := filepath.Join(dir, "cpuinfo")
+		body := "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: " + tt.flags + "\nbugs\t\t: sysret_ss_attrs\n"
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := runsUnderHypervisor(p); got != tt.want {
+			t.Errorf("flags %q: got %v, want %v", tt.flags, got, tt.want)
+		}
+	}
+	t.Setenv("COCOON_QEMU_ACCEL", "tcg")
+	if KVMUsable() {
+		t.Error("COCOON_QEMU_ACCEL=tcg still picks KVM")
+	}
+}
