@@ -103,4 +103,21 @@ func TestConfidentialPod(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(dir, "pods", "*")); len(left) != 0 {
 		t.Errorf("pod state left behind: %v", left)
 	}
+	if procs := processesNamed("cocoon-pod-"); len(procs) != 0 {
+		t.Errorf("processes left behind: %v", procs)
+	}
+}
+
+// processesNamed lists the command lines that mention name.
+func processesNamed(name string) []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(b), name) {
+			continue
+		}
+		out = append(out, strings.ReplaceAll(string(b), "\x00", " "))
+	}
+	return out
 }
