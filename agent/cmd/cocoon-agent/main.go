@@ -32,6 +32,7 @@ import (
 	_ "github.com/cocoon-containers/cocoon/agent/container/reexec"
 	"github.com/cocoon-containers/cocoon/agent/policy"
 	"github.com/cocoon-containers/cocoon/agent/server"
+	"github.com/cocoon-containers/cocoon/agent/storage"
 	"github.com/cocoon-containers/cocoon/attestation"
 	"github.com/cocoon-containers/cocoon/rpc/transport"
 )
@@ -141,6 +142,7 @@ func run(ctx context.Context) error {
 
 	opts := server.Options{
 		Interceptors: []ttrpc.UnaryServerInterceptor{enforcer.UnaryInterceptor()},
+		Storage:      storage.NewManager(storage.Config{Logger: log}),
 		Policy:       enforcer,
 		PID1:         pid1,
 		Version:      version,
