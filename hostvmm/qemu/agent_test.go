@@ -1,0 +1,307 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+
+	"github.com/cocoon-containers/cocoon/agent/agenttest"
+	"github.com/cocoon-containers/cocoon/hostvmm"
+	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
+	"github.com/cocoon-containers/cocoon/rootfs"
+	"github.com/cocoon-containers/cocoon/rpc/agentpb"
+)
+
+var (
+	agentImageOnce sync.Once
+	agentImg       *vmtest.Image
+	agentImgErr    error
+	agentImgDir    string
+)
+
+// agentImage builds the real agent and the standard guest image once per
+// package run.
+func agentImage(t *testing.T) *vmtest.Image {
+	t.Helper()
+	agentImageOnce.Do(func() {
+		agentImgDir, agentImgErr = os.MkdirTemp("", "cocoon-qemu-agent-")
+		if agentImgErr != nil {
+			return
+		}
+		agentImg, agentImgErr = vmtest.AgentImage(context.Background(), agentImgDir)
+	})
+	if agentImgErr != nil {
+		t.Fatal(agentImgErr)
+	}
+	return agentImg
+}
+
+// kataSharedDir is where the Kata runtime mounts the sandbox's shared
+// directory in the guest; container rootfs paths sit under it.
+const kataSharedDir = "/run/kata-containers/shared/containers/"
+
+// TestAgentInVM boots the standard guest image (the real agent as PID 1)
+// under TCG and drives it the way the shim does: Health over the
+// virtio-serial channel, a sandbox whose shared directory arrives over 9p,
+// a busybox container whose output and exit code come back, an exec into
+// it, and DestroySandbox, after which the agent powers the VM off and
+// nothing is left on the host.
+func TestAgentInVM(t *testing.T) {
+	vmtest.RequireRoot(t)
+	img := agentImage(t)
+
+	share := shortTempDir(t)
+	rootfs := agenttest.BusyboxRootfs(t, share, "c1")
+	state := filepath.Join(shortTempDir(t), "state")
+	l := &Launcher{Accel: "tcg", QuitTimeout: time.Minute}
+	sb, err := l.Start(context.Background(), hostvmm.Config{
+		ID: "agent-vm", StateDir: state, Kernel: img.Kernel, Initrd: img.Initrd,
+		Cmdline:    "console=ttyS0 quiet panic=-1 agent.log=debug",
+		SharedDirs: []hostvmm.SharedDir{{Tag: "kataShared", HostPath: share}},
+	})
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("console:\n%s", readFile(sb.ConsoleLog()))
+		}
+		sb.Cleanup()
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	conn, err := sb.DialAgent(ctx)
+	if err != nil {
+		t.Fatalf("dial agent: %v", err)
+	}
+	c := ttrpc.NewClient(conn)
+	defer c.Close()
+	v, err := agentpb.NewHealthClient(c).Version(ctx, &agentpb.CheckRequest{})
+	if err != nil {
+		t.Fatalf("Health.Version: %v", err)
+	}
+	if v.AgentVersion == "" || strings.HasPrefix(v.AgentVersion, "hello-") {
+		t.Errorf("agent version %q: not the cocoon agent", v.AgentVersion)
+	}
+	agent := agentpb.NewAgentServiceClient(c)
+	shared := &agentpb.Storage{Driver: "9p", Source: "kataShared", Fstype: "9p",
+		Options: []string{"trans=virtio", "version=9p2000.L", "msize=262144", "nodev"}, MountPoint: kataSharedDir}
+	if _, err := agent.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{Hostname: "vmpod", SandboxId: "sb1",
+		Storages: []*agentpb.Storage{shared}}); err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	guestRoot := kataSharedDir + strings.TrimPrefix(rootfs, share+"/")
+	spec := agenttest.Spec(guestRoot, "sh", "-c", "read line; echo \"$line from $(hostname) pid $$\"; exit 3")
+	if _, err := agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "c1", ExecId: "c1", OCI: spec}); err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	if _, err := agent.StartContainer(ctx, &agentpb.StartContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	execOut := runExec(ctx, t, agent, "c1", "e1", "cat", "/proc/1/cgroup")
+	if !strings.Contains(execOut, "0::/") {
+		t.Errorf("exec output %q: want the container's cgroup v2 path", execOut)
+	}
+	if _, err := agent.WriteStdin(ctx, &agentpb.WriteStreamRequest{ContainerId: "c1", ExecId: "c1", Data: []byte("hi\n")}); err != nil {
+		t.Fatalf("WriteStdin: %v", err)
+	}
+	out := readAll(ctx, t, agent, "c1", "c1")
+	if want := "hi from " + spec.Hostname + " pid 1\n"; out != want {
+		t.Errorf("stdout %q, want %q", out, want)
+	}
+	w, err := agent.WaitProcess(ctx, &agentpb.WaitProcessRequest{ContainerId: "c1", ExecId: "c1"})
+	if err != nil || w.Status != 3 {
+		t.Fatalf("WaitProcess: %v, status %v; want 3", err, w)
+	}
+	if _, err := agent.RemoveContainer(ctx, &agentpb.RemoveContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatalf("RemoveContainer: %v", err)
+	}
+	if _, err := agent.DestroySandbox(ctx, &agentpb.DestroySandboxRequest{}); err != nil {
+		t.Fatalf("DestroySandbox: %v", err)
+	}
+	e := waitExit(t, sb)
+	if got, want := e.Reason, "shutdown (guest-shutdown)"; got != want {
+		t.Errorf("exit after DestroySandbox = %q, want %q", got, want)
+	}
+	console := readFile(sb.ConsoleLog())
+	for _, bad := range []string{"Kernel panic", "panic:", "level=ERROR"} {
+		if strings.Contains(console, bad) {
+			t.Errorf("console shows %q:\n%s", bad, console)
+		}
+	}
+	assertGone(t, sb, state)
+}
+
+// runExec runs a process in a container and returns its stdout.
+func runExec(ctx context.Context, t *testing.T, agent agentpb.AgentServiceService, cid, eid string, args ...string) string {
+	t.Helper()
+	spec := agenttest.Spec("/", args...).Process
+	if _, err := agent.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: cid, ExecId: eid, Process: spec}); err != nil {
+		t.Fatalf("ExecProcess: %v", err)
+	}
+	out := readAll(ctx, t, agent, cid, eid)
+	w, err := agent.WaitProcess(ctx, &agentpb.WaitProcessRequest{ContainerId: cid, ExecId: eid})
+	if err != nil || w.Status != 0 {
+		t.Fatalf("exec %v: %v, status %v", args, err, w)
+	}
+	return out
+}
+
+// readAll reads stdout until EOF (empty data).
+func readAll(ctx context.Context, t *testing.T, agent agentpb.AgentServiceService, cid, eid string) string {
+	t.Helper()
+	var b strings.Builder
+	for {
+		r, err := agent.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: cid, ExecId: eid, Len: 4096})
+		if err != nil {
+			t.Fatalf("ReadStdout %s/%s: %v", cid, eid, err)
+		}
+		if len(r.Data) == 0 {
+			return b.String()
+		}
+		b.Write(r.Data)
+	}
+}
+
+// TestVerityRootfsInVM boots the agent with a dm-verity protected root
+// filesystem image (erofs, hash tree on a second disk, root hash on the
+// command line): a container runs from it; then the host flips one byte of
+// a file in the image, and the guest refuses to read that file.
+func TestVerityRootfsInVM(t *testing.T) {
+	vmtest.RequireRoot(t)
+	agentImage(t)
+	src := shortTempDir(t)
+	if err := agenttest.MakeBusyboxRootfs(src); err != nil {
+		t.Fatal(err)
+	}
+	marker := bytes.Repeat([]byte("cocoon-verity-marker-"), 1<<14)
+	if err := os.WriteFile(filepath.Join(src, "big"), marker, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := shortTempDir(t)
+	// The command line names everything the launcher would add, so that
+	// the manifest's prediction is the launcher's measurement.
+	cmdline := "console=ttyS0 quiet panic=-1 agent.debug_console agent.server_addr=serial://agent.channel.0 tsc_early_khz=" + strconv.Itoa(TSCKHz())
+	m, err := rootfs.Build(context.Background(), &rootfs.Config{
+		Agent: filepath.Join(agentImgDir, "cocoon-agent"), Kernel: "linux-image-amd64", KernelCache: vmtest.KernelCache,
+		Verity: &rootfs.VerityConfig{Source: src}, Cmdline: cmdline,
+	}, out, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(m.VerityCmdline, "cocoon.rootfs_verity=") {
+		t.Fatalf("verity command line %q", m.VerityCmdline)
+	}
+	image := filepath.Join(out, rootfs.VerityImageFile)
+	state := filepath.Join(shortTempDir(t), "state")
+	l := &Launcher{Accel: "tcg", QuitTimeout: time.Minute}
+	cfg := hostvmm.Config{
+		ID: "verity-vm", StateDir: state, Kernel: filepath.Join(out, rootfs.KernelFile), Initrd: filepath.Join(out, rootfs.InitrdFile),
+		Image: image, VerityCmdline: m.VerityCmdline, Cmdline: cmdline,
+		Disks: []hostvmm.Disk{{Path: filepath.Join(out, rootfs.VerityHashFile), ReadOnly: true}},
+	}
+	// In simulated mode the launcher's measurement is the manifest's.
+	sim := cfg
+	sim.Confidential = hostvmm.ConfidentialSimulated
+	if err := hostvmm.Validate(&sim, hostvmm.Requirements{Kernel: true}); err != nil {
+		t.Fatal(err)
+	}
+	args, err := l.Args(&sim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if app := strings.Join(argValues(args, "-append"), ""); !strings.Contains(app, " cocoon.sim_measurement="+m.ReferenceValues.SimulatedMeasurement) {
+		t.Errorf("launcher command line %q does not carry the manifest's measurement %s", app, m.ReferenceValues.SimulatedMeasurement)
+	}
+	sb, err := l.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("console:\n%s", readFile(sb.ConsoleLog()))
+		}
+		sb.Cleanup()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	conn, err := sb.DialAgent(ctx)
+	if err != nil {
+		t.Fatalf("dial agent: %v", err)
+	}
+	c := ttrpc.NewClient(conn)
+	defer c.Close()
+	agent := agentpb.NewAgentServiceClient(c)
+	if _, err := agent.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{SandboxId: "sb"}); err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	spec := agenttest.Spec("/run/cocoon-rootfs", "sh", "-c", "echo from the verified image; sleep 600")
+	spec.Root.Readonly = true
+	if _, err := agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "v1", ExecId: "v1", OCI: spec}); err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	if _, err := agent.StartContainer(ctx, &agentpb.StartContainerRequest{ContainerId: "v1"}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	r, err := agent.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: "v1", ExecId: "v1", Len: 1024})
+	if err != nil || string(r.Data) != "from the verified image\n" {
+		t.Fatalf("stdout %q, %v", r.GetData(), err)
+	}
+
+	// The host is the adversary: it rewrites a block of the image under
+	// the running guest. The guest never read that file, so nothing is
+	// cached, and the read must fail verification.
+	data, err := os.ReadFile(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(data, marker[:4096])
+	if at < 0 {
+		t.Fatal("marker not found in the image")
+	}
+	f, err := os.OpenFile(image, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{data[at+8192] ^ 0xff}, int64(at+8192)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	spec2 := agenttest.Spec("/", "sh", "-c", "cat /big > /dev/null && echo read-ok || echo read-failed")
+	if _, err := agent.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: "v1", ExecId: "cat", Process: spec2.Process}); err != nil {
+		t.Fatalf("ExecProcess: %v", err)
+	}
+	got := readAll(ctx, t, agent, "v1", "cat")
+	if got != "read-failed\n" {
+		t.Errorf("reading the tampered file: %q, want read-failed", got)
+	}
+	if _, err := agent.WaitProcess(ctx, &agentpb.WaitProcessRequest{ContainerId: "v1", ExecId: "cat"}); err != nil {
+		t.Fatal(err)
+	}
+	console := readFile(sb.ConsoleLog())
+	if !strings.Contains(console, "verity") || !strings.Contains(console, "corrupted") {
+		t.Errorf("console lacks the kernel's dm-verity corruption report:\n%s", console)
+	}
+	// agent.debug_console: the initrd has no shell, the verity image has
+	// busybox's.
+	if !strings.Contains(console, "debug console: a root shell runs on the console") || !strings.Contains(console, "root=/run/cocoon-rootfs") {
+		t.Errorf("console lacks the debug shell's start:\n%s", console)
+	}
+	if _, err := agent.DestroySandbox(ctx, &agentpb.DestroySandboxRequest{}); err != nil {
+		t.Fatalf("DestroySandbox: %v", err)
+	}
+	if e := waitExit(t, sb); e.Reason != "shutdown (guest-shutdown)" {
+		t.Errorf("exit %q", e.Reason)
+	}
+	assertGone(t, sb, state)
+}
