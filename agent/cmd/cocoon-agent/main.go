@@ -24,6 +24,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/cocoon-containers/cocoon/agent/config"
+	"github.com/cocoon-containers/cocoon/agent/copyfile"
 	"github.com/cocoon-containers/cocoon/agent/devmapper"
 	"github.com/cocoon-containers/cocoon/agent/initsys"
 	"github.com/cocoon-containers/cocoon/agent/network"
@@ -143,6 +144,7 @@ func run(ctx context.Context) error {
 	opts := server.Options{
 		Interceptors: []ttrpc.UnaryServerInterceptor{enforcer.UnaryInterceptor()},
 		Storage:      storage.NewManager(storage.Config{Logger: log}),
+		Files:        copyfile.New(copyfile.DefaultRoot),
 		Policy:       enforcer,
 		PID1:         pid1,
 		Version:      version,
