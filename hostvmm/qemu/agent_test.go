@@ -3,6 +3,8 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/cocoon-containers/cocoon/agent/agenttest"
 	"github.com/cocoon-containers/cocoon/hostvmm"
@@ -296,6 +300,167 @@ func TestVerityRootfsInVM(t *testing.T) {
 	// busybox's.
 	if !strings.Contains(console, "debug console: a root shell runs on the console") || !strings.Contains(console, "root=/run/cocoon-rootfs") {
 		t.Errorf("console lacks the debug shell's start:\n%s", console)
+	}
+	if _, err := agent.DestroySandbox(ctx, &agentpb.DestroySandboxRequest{}); err != nil {
+		t.Fatalf("DestroySandbox: %v", err)
+	}
+	if e := waitExit(t, sb); e.Reason != "shutdown (guest-shutdown)" {
+		t.Errorf("exit %q", e.Reason)
+	}
+	assertGone(t, sb, state)
+}
+
+// layerPolicy allows containers only from verity layers whose root hash it
+// lists, as a policy for integrity-protected layers does.
+func layerPolicy(allowed string) string {
+	return `package agent_policy
+
+import rego.v1
+
+default CreateSandboxRequest := true
+default DestroySandboxRequest := true
+default StartContainerRequest := true
+default RemoveContainerRequest := true
+default WaitProcessRequest := true
+default ReadStreamRequest := true
+default SetPolicyRequest := true
+default ExecProcessRequest := true
+
+default CreateContainerRequest := false
+
+CreateContainerRequest if {
+	count(input.storages) > 0
+	every s in input.storages {
+		concat("", ["io.katacontainers.fs-opt.root-hash=", "` + allowed + `"]) in s.options
+	}
+}
+`
+}
+
+// TestVerityLayerInVM attaches two container images as dm-verity layers
+// (erofs with the tree appended, one virtio disk each): the policy lists
+// one root hash, so a container runs from that layer and the other layer
+// is refused; a byte the host flips in the running layer fails to read.
+func TestVerityLayerInVM(t *testing.T) {
+	vmtest.RequireRoot(t)
+	img := agentImage(t)
+	dir := shortTempDir(t)
+	var layers []*rootfs.LayerImage
+	for i, marker := range []string{"layer-A", "layer-B"} {
+		src := filepath.Join(dir, marker)
+		if err := agenttest.MakeBusyboxRootfs(src); err != nil {
+			t.Fatal(err)
+		}
+		big := bytes.Repeat([]byte(marker+"-data-"), 1<<14)
+		if err := os.WriteFile(filepath.Join(src, "big"), big, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		l, err := rootfs.BuildLayerImage(context.Background(), src, filepath.Join(dir, fmt.Sprintf("layer%d.img", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	state := filepath.Join(shortTempDir(t), "state")
+	l := &Launcher{Accel: "tcg", QuitTimeout: time.Minute}
+	sb, err := l.Start(context.Background(), hostvmm.Config{
+		ID: "layer-vm", StateDir: state, Kernel: img.Kernel, Initrd: img.Initrd,
+		Cmdline: "console=ttyS0 quiet panic=-1",
+		Disks:   []hostvmm.Disk{{Path: layers[0].Path, ReadOnly: true}, {Path: layers[1].Path, ReadOnly: true}},
+	})
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("console:\n%s", readFile(sb.ConsoleLog()))
+		}
+		sb.Cleanup()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	conn, err := sb.DialAgent(ctx)
+	if err != nil {
+		t.Fatalf("dial agent: %v", err)
+	}
+	c := ttrpc.NewClient(conn)
+	defer c.Close()
+	agent := agentpb.NewAgentServiceClient(c)
+	if _, err := agent.SetPolicy(ctx, &agentpb.SetPolicyRequest{Policy: layerPolicy(hex.EncodeToString(layers[0].RootHash))}); err != nil {
+		t.Fatalf("SetPolicy: %v", err)
+	}
+	if _, err := agent.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{SandboxId: "sb"}); err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	layerStorage := func(dev string, li *rootfs.LayerImage, mp string) *agentpb.Storage {
+		return &agentpb.Storage{Driver: "mmioblk", Source: dev, Fstype: li.FSType, MountPoint: mp,
+			Options: []string{"ro", "io.katacontainers.fs-opt.root-hash=" + hex.EncodeToString(li.RootHash),
+				"io.cocoon.fs-opt.verity-data-blocks=" + strconv.FormatUint(li.DataBlocks, 10)}}
+	}
+	rootA := "/run/kata-containers/sandbox/layers/a"
+	spec := agenttest.Spec(rootA, "sh", "-c", "head -c 7 /big; echo; sleep 600")
+	spec.Root.Readonly = true
+	if _, err := agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "a", ExecId: "a", OCI: spec,
+		Storages: []*agentpb.Storage{layerStorage("/dev/vda", layers[0], rootA)}}); err != nil {
+		t.Fatalf("CreateContainer from the allowed layer: %v", err)
+	}
+	if _, err := agent.StartContainer(ctx, &agentpb.StartContainerRequest{ContainerId: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	var line []byte
+	for !bytes.Contains(line, []byte("\n")) {
+		r, err := agent.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: "a", ExecId: "a", Len: 64})
+		if err != nil || len(r.Data) == 0 {
+			t.Fatalf("stdout %q, %v", line, err)
+		}
+		line = append(line, r.Data...)
+	}
+	if string(line) != "layer-A\n" {
+		t.Fatalf("stdout %q, want layer-A", line)
+	}
+
+	rootB := "/run/kata-containers/sandbox/layers/b"
+	specB := agenttest.Spec(rootB, "true")
+	_, err = agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "b", ExecId: "b", OCI: specB,
+		Storages: []*agentpb.Storage{layerStorage("/dev/vdb", layers[1], rootB)}})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("CreateContainer from a layer the policy does not list: %v, want PermissionDenied", err)
+	}
+	// The right root hash with the other disk: dm-verity refuses it.
+	wrong := layerStorage("/dev/vdb", layers[0], rootB)
+	if _, err := agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "b2", ExecId: "b2", OCI: specB,
+		Storages: []*agentpb.Storage{wrong}}); err == nil {
+		t.Error("a disk whose content does not match the allowed root hash was mounted")
+	}
+
+	// Flip a byte of layer A's file that the guest has not read yet.
+	data, err := os.ReadFile(layers[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(data, []byte("layer-A-data-layer-A-data-"))
+	f, err := os.OpenFile(layers[0].Path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{data[at+65536] ^ 0xff}, int64(at+65536)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	ex := agenttest.Spec("/", "sh", "-c", "cat /big > /dev/null && echo read-ok || echo read-failed")
+	if _, err := agent.ExecProcess(ctx, &agentpb.ExecProcessRequest{ContainerId: "a", ExecId: "cat", Process: ex.Process}); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(ctx, t, agent, "a", "cat"); got != "read-failed\n" {
+		t.Errorf("reading the tampered layer: %q, want read-failed", got)
+	}
+	if _, err := agent.RemoveContainer(ctx, &agentpb.RemoveContainerRequest{ContainerId: "a", Timeout: 0}); err != nil {
+		// A running container: signal it first.
+		agent.SignalProcess(ctx, &agentpb.SignalProcessRequest{ContainerId: "a", ExecId: "a", Signal: 9})
+		agent.WaitProcess(ctx, &agentpb.WaitProcessRequest{ContainerId: "a", ExecId: "a"})
+		if _, err := agent.RemoveContainer(ctx, &agentpb.RemoveContainerRequest{ContainerId: "a"}); err != nil {
+			t.Fatalf("RemoveContainer: %v", err)
+		}
 	}
 	if _, err := agent.DestroySandbox(ctx, &agentpb.DestroySandboxRequest{}); err != nil {
 		t.Fatalf("DestroySandbox: %v", err)
