@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 
 	"github.com/cocoon-containers/cocoon/hostvmm"
 	"github.com/cocoon-containers/cocoon/rootfs"
@@ -88,7 +89,7 @@ i=4
 while [ $# -ge 3 ]; do
 	eval "exec $i<\"\$2\""
 	mkdir -p ` + SharedRoot + `/"$1"
-	mount --bind /proc/self/fd/$i ` + SharedRoot + `/"$1"
+	mount --rbind /proc/self/fd/$i ` + SharedRoot + `/"$1"
 	if [ "$3" = ro ]; then mount -o remount,bind,ro ` + SharedRoot + `/"$1"; fi
 	eval "exec $i<&-"
 	i=$((i+1))
@@ -182,13 +183,27 @@ func (l *Launcher) Start(ctx context.Context, cfg hostvmm.Config) (hostvmm.Sandb
 	defer console.Close()
 
 	args := []string{"--mount", "--pid", "--uts", "--ipc", "--fork", "--kill-child", "--mount-proc",
-		"--propagation", "private", "--", "/bin/sh", "-c", setupScript, "cocoon-setup", cfg.StateDir, cfg.AgentBinary}
+		"--propagation", "slave", "--", "/bin/sh", "-c", setupScript, "cocoon-setup", cfg.StateDir, cfg.AgentBinary}
 	for _, d := range cfg.SharedDirs {
 		mode := "rw"
 		if d.ReadOnly {
 			mode = "ro"
 		}
 		args = append(args, d.Tag, d.HostPath, mode)
+	}
+	// Each shared directory becomes a mount of its own with shared
+	// propagation, and the namespace is a slave of the host: what the host
+	// mounts into a shared directory later (the rootfs of a pod's next
+	// container) appears in the agent's view, while nothing the agent
+	// mounts leaks out.
+	for _, d := range cfg.SharedDirs {
+		if err := unix.Mount(d.HostPath, d.HostPath, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return nil, fmt.Errorf("sandbox %s: share %s: %w", cfg.ID, d.HostPath, err)
+		}
+		s.sharedMounts = append(s.sharedMounts, d.HostPath)
+		if err := unix.Mount("", d.HostPath, "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+			return nil, fmt.Errorf("sandbox %s: share %s: %w", cfg.ID, d.HostPath, err)
+		}
 	}
 	cmd := exec.Command(unsharePath, args...)
 	cmd.Dir = "/"
@@ -224,6 +239,9 @@ type sandbox struct {
 	stopTimeout time.Duration
 	createdDir  bool
 	made        []string
+	// sharedMounts are the host binds that give shared directories
+	// shared propagation; Cleanup removes them.
+	sharedMounts []string
 	stopMu      sync.Mutex
 }
 
@@ -312,12 +330,20 @@ func (s *sandbox) Stop(ctx context.Context) error {
 }
 
 func (s *sandbox) Cleanup() error {
-	return hostvmm.Leftovers{
+	var errs []error
+	for i := len(s.sharedMounts) - 1; i >= 0; i-- {
+		if err := unix.Unmount(s.sharedMounts[i], unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("sandbox %s: unshare %s: %w", s.cfg.ID, s.sharedMounts[i], err))
+		}
+	}
+	s.sharedMounts = nil
+	err := hostvmm.Leftovers{
 		Procs:          []*hostvmm.Process{s.proc},
 		Files:          s.made,
 		StateDir:       s.cfg.StateDir,
 		RemoveStateDir: s.createdDir,
 	}.Cleanup(s.cfg.ID, nil)
+	return errors.Join(append(errs, err)...)
 }
 
 // cmdlineEnv turns the cocoon.<key>=<value> parameters of a kernel command

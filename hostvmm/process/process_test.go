@@ -18,6 +18,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
 
 	"github.com/cocoon-containers/cocoon/agent/agenttest"
 	"github.com/cocoon-containers/cocoon/hostvmm"
@@ -196,6 +197,23 @@ func TestProcessSandbox(t *testing.T) {
 		}
 	}
 
+	// What the host mounts into a shared directory after the start (a
+	// pod's next container rootfs) appears in the agent's view.
+	late := filepath.Join(share, "late")
+	if err := os.Mkdir(late, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", late, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(late, unix.MNT_DETACH)
+	if err := os.WriteFile(filepath.Join(late, "next-rootfs"), []byte("y"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat("/proc/" + p + "/root" + SharedRoot + "/rw/late/next-rootfs"); err != nil {
+		t.Errorf("a mount made in the shared directory after the start is not visible to the agent: %v", err)
+	}
+
 	// The agent exits by itself: reported, and cleanup leaves nothing.
 	version(t, sb, "poweroff")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -215,6 +233,10 @@ func TestProcessSandbox(t *testing.T) {
 	}
 	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("state dir after cleanup: %v, want removed", err)
+	}
+	unix.Unmount(late, unix.MNT_DETACH)
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), share) {
+		t.Errorf("host mounts of the shared directory left after cleanup")
 	}
 }
 
