@@ -242,7 +242,7 @@ type sandbox struct {
 	// sharedMounts are the host binds that give shared directories
 	// shared propagation; Cleanup removes them.
 	sharedMounts []string
-	stopMu      sync.Mutex
+	stopMu       sync.Mutex
 }
 
 func (s *sandbox) AgentAddr() string  { return "unix://" + s.socket }
