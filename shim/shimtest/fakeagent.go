@@ -12,6 +12,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -438,7 +440,8 @@ func (a *Agent) prepare(spec *agentpb.Spec, ps *agentpb.Process) (*fakeProc, err
 		}
 		cmd.SysProcAttr.Chroot = root
 		// exec.Command resolved the path on the host; resolve it in the root.
-		cmd.Path = ps.Args[0]
+		cmd.Path = lookPathIn(root, ps.Args[0], ps.Env)
+		cmd.Err = nil
 		if cmd.Dir == "" {
 			cmd.Dir = "/"
 		}
@@ -571,4 +574,27 @@ func (s *stream) read(ctx context.Context, n int) ([]byte, error) {
 	out := make([]byte, min(n, s.buf.Len()))
 	_, _ = s.buf.Read(out)
 	return out, nil
+}
+
+// lookPathIn resolves name along the process's PATH inside root.
+func lookPathIn(root, name string, env []string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			path = v
+		}
+	}
+	for _, dir := range strings.Split(path, ":") {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(filepath.Join(root, p)); err == nil && !fi.IsDir() {
+			return p
+		}
+		if _, err := os.Lstat(filepath.Join(root, p)); err == nil {
+			return p
+		}
+	}
+	return name
 }

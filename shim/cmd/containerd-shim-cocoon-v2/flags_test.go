@@ -1,0 +1,9 @@
+package main
+
+import "flag"
+
+func flagsParse() {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+}

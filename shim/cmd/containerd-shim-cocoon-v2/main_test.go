@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
+	"github.com/cocoon-containers/cocoon/shim/shimtest"
+)
+
+// cd is the package's containerd, booted once in TestMain; nil when the
+// tests are skipped (under -short or not root).
+var cd *shimtest.Containerd
+
+const runtimeName = "io.containerd.cocoon.v2"
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	// testing.Short needs flags parsed.
+	flagsParse()
+	if testing.Short() || os.Geteuid() != 0 {
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "cocoon-shim-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c := &shimtest.Containerd{Dir: filepath.Join(dir, "containerd"), BinDir: filepath.Join(dir, "bin")}
+	// This shim and the real agent, under the process launcher: containerd
+	// <-> shim <-> agent API <-> libcontainer, without a VM.
+	if err := shimtest.BuildShim(ctx, c.BinDir, "github.com/cocoon-containers/cocoon/shim/cmd/containerd-shim-cocoon-v2"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	agent, err := vmtest.BuildAgent(ctx, c.BinDir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cfg := filepath.Join(dir, "configuration.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[sandbox]\nlauncher = \"process\"\nagent = %q\nstate_dir = %q\n", agent, filepath.Join(dir, "sandboxes"))), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	configPath = cfg
+	if err := c.Start(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer c.Cleanup(context.Background())
+	if err := c.ImportBusybox(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err, c.LogTail())
+		return 1
+	}
+	cd = c
+	return m.Run()
+}
+
+var configPath string
+
+func requireContainerd(t *testing.T) *shimtest.Containerd {
+	t.Helper()
+	shimtest.RequireRoot(t)
+	if cd == nil {
+		t.Fatal("containerd harness did not start")
+	}
+	return cd
+}
+
+func ctrRun(ctx context.Context, c *shimtest.Containerd, stdin []byte, flags []string, id string, args ...string) (string, string, error) {
+	full := append([]string{"run", "--runtime", runtimeName, "--runtime-config-path", configPath}, flags...)
+	full = append(full, shimtest.BusyboxImageName, id)
+	full = append(full, args...)
+	return c.CtrInput(ctx, stdin, full...)
+}
+
+func TestRunOutputAndExitCode(t *testing.T) {
+	c := requireContainerd(t)
+	tests := []struct {
+		name    string
+		args    []string
+		stdin   string
+		wantOut string
+		wantErr bool
+	}{
+		{name: "echo", args: []string{"echo", "hello from cocoon"}, wantOut: "hello from cocoon\n"},
+		{name: "rootfs is the image", args: []string{"sh", "-c", "ls /bin/busybox && cat /etc/passwd | head -1"}, wantOut: "/bin/busybox\nroot:x:0:0:root:/root:/bin/sh\n"},
+		{name: "exit code", args: []string{"sh", "-c", "exit 3"}, wantErr: true},
+		{name: "stdin", args: []string{"sh", "-c", "read x; echo got $x"}, stdin: "ping\n", wantOut: "got ping\n"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			var stdin []byte
+			flags := []string{"--rm"}
+			if tt.stdin != "" {
+				stdin = []byte(tt.stdin)
+			}
+			out, _, err := ctrRun(ctx, c, stdin, flags, fmt.Sprintf("run-%d", i), tt.args...)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("got success, want a failing exit status")
+				}
+				if !strings.Contains(err.Error(), "exit status 3") {
+					t.Errorf("got %v, want ctr to exit with 3", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("%v\n%s", err, c.LogTail())
+			}
+			if got, want := out, tt.wantOut; got != want {
+				t.Errorf("output: got %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+func TestExecAndKill(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	if _, _, err := ctrRun(ctx, c, nil, []string{"-d"}, "long", "sleep", "1000"); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	defer c.Ctr(ctx, "containers", "delete", "long")
+	out, _, err := c.Ctr(ctx, "tasks", "exec", "--exec-id", "e1", "long", "sh", "-c", "echo exec ok; exit 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := out, "exec ok\n"; got != want {
+		t.Errorf("exec output: got %q, want %q", got, want)
+	}
+	if _, _, err := c.Ctr(ctx, "tasks", "exec", "--exec-id", "e2", "long", "sh", "-c", "exit 4"); err == nil || !strings.Contains(err.Error(), "exit status 4") {
+		t.Errorf("exec exit: got %v, want exit status 4", err)
+	}
+	out, _, err = c.CtrInput(ctx, []byte("abc\n"), "tasks", "exec", "--exec-id", "e3", "long", "sh", "-c", "read x; echo $x$x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := out, "abcabc\n"; got != want {
+		t.Errorf("exec stdin: got %q, want %q", got, want)
+	}
+	out, _, err = c.Ctr(ctx, "tasks", "ls")
+	if err != nil || !strings.Contains(out, "RUNNING") {
+		t.Errorf("tasks ls: got %q, %v, want long RUNNING", out, err)
+	}
+	if _, _, err := c.Ctr(ctx, "tasks", "kill", "-s", "SIGKILL", "long"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		out, _, _ := c.Ctr(ctx, "tasks", "ls")
+		if strings.Contains(out, "STOPPED") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, _, err := c.Ctr(ctx, "tasks", "delete", "long"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTerminal(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	// ctr -t needs a terminal of its own.
+	args := []string{"run", "--runtime", runtimeName, "--runtime-config-path", configPath, "--rm", "-t",
+		shimtest.BusyboxImageName, "tty", "sh", "-c", "test -t 1 && echo is a tty; stty size"}
+	out, err := c.CtrTTY(ctx, args...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	if got := strings.ReplaceAll(out, "\r", ""); !strings.HasPrefix(got, "is a tty\n") {
+		t.Errorf("terminal output: got %q, want it to start with \"is a tty\"", got)
+	}
+}
+
+func TestPodViaAnnotations(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	sandboxAnn := []string{"-d", "--annotation", "io.kubernetes.cri.container-type=sandbox", "--annotation", "io.kubernetes.cri.sandbox-id=pod1"}
+	if _, _, err := c.Ctr(ctx, append(append([]string{"run", "--runtime", runtimeName, "--runtime-config-path", configPath}, sandboxAnn...), shimtest.PauseImageName, "pod1")...); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	defer func() {
+		c.Ctr(ctx, "tasks", "kill", "-s", "SIGKILL", "pod1")
+		c.Ctr(ctx, "tasks", "delete", "--force", "pod1")
+		c.Ctr(ctx, "containers", "delete", "pod1")
+	}()
+	appAnn := []string{"--rm", "--annotation", "io.kubernetes.cri.container-type=container", "--annotation", "io.kubernetes.cri.sandbox-id=pod1"}
+	out, _, err := ctrRun(ctx, c, nil, appAnn, "app1", "echo", "in the pod")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	if got, want := out, "in the pod\n"; got != want {
+		t.Errorf("app output: got %q, want %q", got, want)
+	}
+	// Both containers were served by the pod's one shim: the bundles carry
+	// the same shim address.
+	a1, err1 := os.ReadFile(filepath.Join(c.StateDir(), "io.containerd.runtime.v2.task", shimtest.Namespace, "pod1", "address"))
+	if err1 != nil {
+		t.Fatal(err1)
+	}
+	if _, _, err := ctrRun(ctx, c, nil, []string{"-d", "--annotation", "io.kubernetes.cri.container-type=container", "--annotation", "io.kubernetes.cri.sandbox-id=pod1"}, "app2", "sleep", "100"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		c.Ctr(ctx, "tasks", "kill", "-s", "SIGKILL", "app2")
+		c.Ctr(ctx, "tasks", "delete", "--force", "app2")
+		c.Ctr(ctx, "containers", "delete", "app2")
+	}()
+	a2, err2 := os.ReadFile(filepath.Join(c.StateDir(), "io.containerd.runtime.v2.task", shimtest.Namespace, "app2", "address"))
+	if err2 != nil {
+		t.Fatal(err2)
+	}
+	if string(a1) != string(a2) {
+		t.Errorf("shim addresses: got %q and %q, want the pod's one shim", a1, a2)
+	}
+}
