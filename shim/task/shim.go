@@ -205,9 +205,18 @@ func cleanupStateDir(dir string) error {
 	}
 	killReferrers(dir)
 	var errs []error
-	for _, m := range mountsUnder(dir) {
-		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", m, err))
+	// Mounts can be stacked (a recursive bind of the shared directory onto
+	// itself covers the binds below it): unmount until none is left.
+	for pass := 0; pass < 8; pass++ {
+		mounts := mountsUnder(dir)
+		if len(mounts) == 0 {
+			break
+		}
+		errs = errs[:0]
+		for _, m := range mounts {
+			if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+				errs = append(errs, fmt.Errorf("unmount %s: %w", m, err))
+			}
 		}
 	}
 	if len(errs) == 0 {

@@ -50,7 +50,8 @@ func run(m *testing.M) int {
 		return 1
 	}
 	cfg := filepath.Join(dir, "configuration.toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[sandbox]\nlauncher = \"process\"\nagent = %q\nstate_dir = %q\n", agent, filepath.Join(dir, "sandboxes"))), 0o600); err != nil {
+	sandboxesDir = filepath.Join(dir, "sandboxes")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[sandbox]\nlauncher = \"process\"\nagent = %q\nstate_dir = %q\n", agent, sandboxesDir)), 0o600); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -69,6 +70,9 @@ func run(m *testing.M) int {
 }
 
 var configPath string
+
+// sandboxesDir holds the process-mode sandboxes' state.
+var sandboxesDir string
 
 func requireContainerd(t *testing.T) *shimtest.Containerd {
 	t.Helper()
@@ -125,6 +129,26 @@ func TestRunOutputAndExitCode(t *testing.T) {
 				t.Errorf("output: got %q, want %q", got, want)
 			}
 		})
+	}
+}
+
+// TestRunLeavesNothing: after `ctr run --rm`, no mount, process or state
+// of the sandbox is left.
+func TestRunLeavesNothing(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	if _, _, err := ctrRun(ctx, c, nil, []string{"--rm"}, "tidy", "true"); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	state := filepath.Join(sandboxesDir, "tidy")
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Errorf("sandbox state left: %v", err)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), state) {
+		t.Errorf("mounts left under %s", state)
+	}
+	if left := processesUnder(state); len(left) != 0 {
+		t.Errorf("processes left: %v", left)
 	}
 }
 

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
+	"github.com/cocoon-containers/cocoon/rootfs"
+	"github.com/cocoon-containers/cocoon/shim/shimtest"
+)
+
+// denyExec is a pod policy: everything but ExecProcess.
+var denyExec = strings.Replace(string(rootfs.AllowAllPolicy()), "default ExecProcessRequest := true", "default ExecProcessRequest := false", 1)
+
+// TestPolicyDeniesExec: a pod annotated with a policy that denies
+// ExecProcess runs, and `ctr task exec` fails with the policy's error.
+func TestPolicyDeniesExec(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	if !strings.Contains(denyExec, "ExecProcessRequest := false") {
+		t.Fatal("the deny-exec policy was not derived from allow-all")
+	}
+	ann := "io.katacontainers.config.agent.policy=" + base64.StdEncoding.EncodeToString([]byte(denyExec))
+	if _, _, err := ctrRun(ctx, c, nil, []string{"-d", "--annotation", ann}, "policed", "sleep", "1000"); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	defer removeTask(ctx, c, "policed")
+	_, _, err := c.Ctr(ctx, "tasks", "exec", "--exec-id", "sh", "policed", "sh", "-c", "echo should not run")
+	if err == nil || !strings.Contains(err.Error(), "ExecProcessRequest is blocked by policy") {
+		t.Errorf("exec into a pod whose policy denies it: %v", err)
+	}
+}
+
+func removeTask(ctx context.Context, c *shimtest.Containerd, id string) {
+	c.Ctr(ctx, "tasks", "kill", "-s", "SIGKILL", id)
+	c.Ctr(ctx, "tasks", "delete", "--force", id)
+	c.Ctr(ctx, "containers", "delete", id)
+}
+
+// shimPid finds the shim serving container id.
+func shimPid(t *testing.T, id string) int {
+	t.Helper()
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 0 && strings.HasSuffix(args[0], "containerd-shim-cocoon-v2") && strings.Contains(string(b), "\x00-id\x00"+id+"\x00") {
+			return pid
+		}
+	}
+	t.Fatalf("no shim process for %s", id)
+	return 0
+}
+
+// processesUnder lists processes whose command line mentions dir.
+func processesUnder(dir string) []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), dir) {
+			out = append(out, e.Name()+": "+strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	return out
+}
+
+// TestDeleteAfterCrashedShim: kill -9 of a pod's shim; containerd runs
+// `shim delete`, which stops the sandbox and removes its state.
+func TestDeleteAfterCrashedShim(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	if _, _, err := ctrRun(ctx, c, nil, []string{"-d"}, "crash", "sleep", "1000"); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	defer removeTask(ctx, c, "crash")
+	state := filepath.Join(sandboxesDir, "crash")
+	if _, err := os.Stat(state); err != nil {
+		t.Fatalf("sandbox state %s: %v", state, err)
+	}
+	if err := syscall.Kill(shimPid(t, "crash"), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, statErr := os.Stat(state)
+		left := processesUnder(state)
+		if errors.Is(statErr, os.ErrNotExist) && len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the shim's death: state %s: %v; processes %v\n%s", state, statErr, left, c.LogTail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out, _, _ := c.Ctr(ctx, "tasks", "ls")
+	if strings.Contains(out, "crash ") {
+		t.Errorf("containerd still lists the task: %s", out)
+	}
+}
+
+// TestContainerdRestart: containerd restarts while a pod runs and finds
+// the pod's shim again through its address.
+func TestContainerdRestart(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	if _, _, err := ctrRun(ctx, c, nil, []string{"-d"}, "survivor", "sleep", "1000"); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	defer removeTask(ctx, c, "survivor")
+	if err := c.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := c.Ctr(ctx, "tasks", "ls")
+	if err != nil || !strings.Contains(out, "survivor") || !strings.Contains(out, "RUNNING") {
+		t.Fatalf("after the restart: %q, %v", out, err)
+	}
+	out, _, err = c.Ctr(ctx, "tasks", "exec", "--exec-id", "after", "survivor", "echo", "still here")
+	if err != nil || out != "still here\n" {
+		t.Errorf("exec after the restart: %q, %v", out, err)
+	}
+}
+
+// TestQEMU runs a container under QEMU TCG with the standard guest image:
+// the shim boots the VM, shares the rootfs over 9p and drives the agent.
+func TestQEMU(t *testing.T) {
+	c := requireContainerd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "cocoon-shim-qemu-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	img, err := vmtest.AgentImage(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "qemu.toml")
+	body := fmt.Sprintf("[sandbox]\nlauncher = \"qemu\"\nkernel = %q\ninitrd = %q\nshared_fs = \"9p\"\nmemory_mib = 512\nkernel_params = \"console=ttyS0 quiet panic=-1\"\nstate_dir = %q\n",
+		img.Kernel, img.Initrd, filepath.Join(dir, "sandboxes"))
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := c.Ctr(ctx, "run", "--runtime", runtimeName, "--runtime-config-path", cfg, "--rm",
+		shimtest.BusyboxImageName, "in-vm", "sh", "-c", "echo hello from the guest; cat /proc/1/cgroup | head -1; exit 5")
+	if err == nil || !strings.Contains(err.Error(), "exit status 5") {
+		t.Errorf("exit: %v, want status 5\n%s", err, c.LogTail())
+	}
+	if !strings.HasPrefix(out, "hello from the guest\n0::/") {
+		t.Errorf("output %q", out)
+	}
+	if left := processesUnder(filepath.Join(dir, "sandboxes")); len(left) != 0 {
+		t.Errorf("processes left: %v", left)
+	}
+}
