@@ -7,6 +7,8 @@ package sandbox
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -114,8 +116,18 @@ func (s *Sandbox) guestShared() string {
 }
 
 // StateDir returns the per-sandbox state directory under the configured root.
+//
+// CRI sandbox ids are 64 hex digits: a long id is shortened to its first 16
+// characters and 8 hex digits of its SHA-256, so that the sockets the
+// launchers put in the directory stay within the unix socket path limit.
 func StateDir(cfg config.Config, id string) string {
-	return filepath.Join(cfg.Sandbox.StateDir, id)
+	const maxName = 24
+	name := id
+	if len(id) > maxName {
+		sum := sha256.Sum256([]byte(id))
+		name = id[:16] + "-" + hex.EncodeToString(sum[:4])
+	}
+	return filepath.Join(cfg.Sandbox.StateDir, name)
 }
 
 // Start launches the sandbox and brings its agent up in the required order.
