@@ -121,3 +121,67 @@ func processesNamed(name string) []string {
 	}
 	return out
 }
+
+// TestConfidentialPodContainerd is the main job through containerd and
+// the shim: ctr runs a confidential pod under QEMU (simulated SNP) whose
+// image reaches the guest as a dm-verity layer the policy names; the
+// workload gets its secret; exec is refused; a modified policy gets 403.
+func TestConfidentialPodContainerd(t *testing.T) {
+	vmtest.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "cocoon-e2e-ctrd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cl, err := StartCluster(ctx, dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+
+	out, err := cl.RunWorkload(ctx, "good", cl.Policy)
+	if err != nil {
+		t.Fatalf("workload: %v\n%s", err, cl.Containerd.LogTail())
+	}
+	if out != Secret {
+		t.Errorf("workload printed %q, want the secret\nKBS log:\n%s", out, cl.KBSLogs)
+	}
+	if err := cl.StartIdle(ctx, "idle", cl.Policy); err != nil {
+		t.Fatal(err)
+	}
+	err = cl.Exec(ctx, "idle")
+	if err == nil || !strings.Contains(err.Error(), "ExecProcessRequest is blocked by policy") {
+		t.Errorf("exec: %v, want the policy's refusal", err)
+	}
+	cl.Remove(ctx, "idle")
+
+	out, err = cl.RunWorkload(ctx, "modified", cl.Policy+"\n# modified\n")
+	if err != nil {
+		t.Fatalf("modified workload: %v", err)
+	}
+	if strings.Contains(out, Secret) || !strings.Contains(out, "403") {
+		t.Errorf("modified pod printed %q, want a 403", out)
+	}
+	cl.StopKBS()
+	out, err = cl.RunWorkload(ctx, "kbs-down", cl.Policy)
+	if err != nil {
+		t.Fatalf("workload with the KBS down: %v", err)
+	}
+	if strings.Contains(out, Secret) || !strings.Contains(out, "503") {
+		t.Errorf("workload with the KBS down printed %q, want a 503", out)
+	}
+	if strings.Contains(cl.KBSLogs.String(), Secret) {
+		t.Error("the KBS log shows the secret")
+	}
+	if left := processesNamed(cl.SandboxesDir()); len(left) != 0 {
+		t.Errorf("processes left: %v", left)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), cl.SandboxesDir()) {
+		t.Error("mounts left under the sandboxes' state")
+	}
+	if ents, _ := os.ReadDir(cl.SandboxesDir()); len(ents) != 0 {
+		t.Errorf("sandbox state left: %v", ents)
+	}
+}

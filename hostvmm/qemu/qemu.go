@@ -284,8 +284,17 @@ func (l *Launcher) Args(cfg *hostvmm.Config) ([]string, error) {
 	if n := cfg.Network; n != nil {
 		// restrict=on: the guest reaches nothing but the guestfwd rules.
 		opt := "user,id=net0,restrict=on,net=10.0.2.0/24,host=" + hostvmm.GatewayIP + ",ipv6=off"
+		// Each guest connection runs its own relay (busybox nc) to the
+		// host service: a "tcp:" target would be one connection made
+		// when QEMU starts, failing the launch while the service is down
+		// and breaking for good when it restarts.
+		relay, err := exec.LookPath("busybox")
+		if err != nil {
+			return nil, fmt.Errorf("network forwards need busybox (Debian busybox-static) for their relay: %w", errdefs.ErrFailedPrecondition)
+		}
 		for _, f := range n.Forwards {
-			opt += ",guestfwd=tcp:" + hostvmm.ServiceIP + ":" + strconv.Itoa(f.GuestPort) + "-tcp:" + f.HostAddr
+			host, port, _ := net.SplitHostPort(f.HostAddr)
+			opt += ",guestfwd=tcp:" + hostvmm.ServiceIP + ":" + strconv.Itoa(f.GuestPort) + "-cmd:" + relay + " nc " + host + " " + port
 		}
 		args = append(args, "-netdev", opt, "-device", dev("virtio-net")+",netdev=net0,mac="+hostvmm.GuestMAC)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -65,6 +66,10 @@ func argValues(args []string, flag string) []string {
 
 func TestArgs(t *testing.T) {
 	kernel, initrd := bootFiles(t)
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatal("busybox (Debian busybox-static) is needed for network relays")
+	}
 	share := t.TempDir()
 	comma := filepath.Join(t.TempDir(), "a,b")
 	if err := os.Mkdir(comma, 0o755); err != nil {
@@ -109,7 +114,7 @@ func TestArgs(t *testing.T) {
 				return c
 			},
 			want: map[string][]string{
-				"-netdev": {"user,id=net0,restrict=on,net=10.0.2.0/24,host=10.0.2.2,ipv6=off,guestfwd=tcp:10.0.2.100:8080-tcp:127.0.0.1:18080,guestfwd=tcp:10.0.2.100:5000-tcp:127.0.0.1:5000"},
+				"-netdev": {"user,id=net0,restrict=on,net=10.0.2.0/24,host=10.0.2.2,ipv6=off,guestfwd=tcp:10.0.2.100:8080-cmd:" + busybox + " nc 127.0.0.1 18080,guestfwd=tcp:10.0.2.100:5000-cmd:" + busybox + " nc 127.0.0.1 5000"},
 				"-device": {"virtio-net-device,netdev=net0,mac=52:54:00:c0:c0:01"},
 			},
 		},

@@ -11,8 +11,10 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 
+	"github.com/cocoon-containers/cocoon/agent/verity"
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 	grpcerr "github.com/containerd/containerd/errdefs"
 	"github.com/containerd/errdefs"
@@ -48,7 +50,7 @@ func (s *Sandbox) ContainerRequest(ctx context.Context, id, rootfs string, spec 
 	ospec := toAgentSpec(spec)
 	constrainSpec(ospec)
 	if s.sharedDir == "" {
-		return nil, fmt.Errorf("container %s: a sandbox without a shared directory needs guest-pulled or block-device images: %w", id, errdefs.ErrNotImplemented)
+		return s.layerRequest(ctx, id, ospec)
 	}
 	dst := filepath.Join(s.sharedDir, id, "rootfs")
 	if !s.isShared(id, dst) {
@@ -277,4 +279,40 @@ func (s *Sandbox) unshareLocked(id string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// layerRequest is the CreateContainer request of a sandbox that shares
+// nothing with the guest. The rootfs is the container's verity layer
+// (attached at launch, its root hash in the storage options for the policy
+// to check), mounted read-only and made writable with an overlay whose
+// upper directory is a tmpfs in the guest; small bind-mounted files travel
+// by CopyFile.
+func (s *Sandbox) layerRequest(ctx context.Context, id string, ospec *agentpb.Spec) (*agentpb.CreateContainerRequest, error) {
+	s.mu.Lock()
+	l := s.layers[id]
+	s.mu.Unlock()
+	if l == nil {
+		return nil, fmt.Errorf("container %s: a sandbox without a shared directory carries only the rootfs it was started with (no disk hotplug yet): %w", id, errdefs.ErrNotImplemented)
+	}
+	lower := path.Join(GuestLayersDir, id)
+	rw := lower + "-rw"
+	root := path.Join(GuestSharedDir, id, "rootfs")
+	storages := []*agentpb.Storage{
+		{Driver: "mmioblk", Source: l.device, Fstype: l.image.FSType, MountPoint: lower,
+			Options: []string{"ro",
+				verity.OptRootHash + hex.EncodeToString(l.image.RootHash),
+				verity.OptDataBlocks + strconv.FormatUint(l.image.DataBlocks, 10)}},
+		{Driver: "ephemeral", Source: "tmpfs", Fstype: "tmpfs", MountPoint: rw, Options: []string{"mode=0755"}},
+		{Driver: "local", MountPoint: rw + "/upper"},
+		{Driver: "local", MountPoint: rw + "/work"},
+		{Driver: "overlayfs", Source: "overlay", Fstype: "overlay", MountPoint: root,
+			Options: []string{"lowerdir=" + lower, "upperdir=" + rw + "/upper", "workdir=" + rw + "/work"}},
+	}
+	ospec.Root.Path = root
+	mounts, err := s.shareMounts(ctx, id, ospec.Mounts)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	ospec.Mounts = mounts
+	return &agentpb.CreateContainerRequest{ContainerId: id, ExecId: id, OCI: ospec, Storages: storages}, nil
 }

@@ -60,8 +60,8 @@ func VMMConfig(spec LaunchSpec) hostvmm.Config {
 	if sc.KernelParams != "" {
 		params = append(params, sc.KernelParams)
 	}
-	if spec.Config.KBS.URL != "" {
-		params = append(params, "cocoon.kbs_url="+hostvmm.Escape(spec.Config.KBS.URL))
+	if spec.KBSURL != "" {
+		params = append(params, "cocoon.kbs_url="+spec.KBSURL)
 	}
 	c := hostvmm.Config{
 		ID:           spec.ID,
@@ -76,6 +76,8 @@ func VMMConfig(spec LaunchSpec) hostvmm.Config {
 		Confidential: sc.Confidential,
 		HostData:     spec.HostData,
 		AgentBinary:  sc.Agent,
+		Disks:        spec.Disks,
+		Network:      spec.Network,
 	}
 	if c.AgentBinary == "" && sc.Launcher == config.LauncherProcess {
 		c.AgentBinary = DefaultAgentBinary()

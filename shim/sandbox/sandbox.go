@@ -13,12 +13,19 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/cocoon-containers/cocoon/hostvmm"
+	"github.com/cocoon-containers/cocoon/rootfs"
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
+	"github.com/cocoon-containers/cocoon/rpc/typespb"
 	"github.com/cocoon-containers/cocoon/shim/config"
 	grpcerr "github.com/containerd/containerd/errdefs"
 	"github.com/containerd/errdefs"
@@ -29,6 +36,8 @@ import (
 const (
 	GuestSharedDir = "/run/kata-containers/shared/containers/"
 	GuestShmDir    = "/run/kata-containers/sandbox/shm"
+	// GuestLayersDir is where verity layers are mounted in the guest.
+	GuestLayersDir = "/run/kata-containers/sandbox/layers"
 	SharedFSTag    = "kataShared"
 	// processSharedDir is where the process launcher binds the shared
 	// directory in the agent's mount namespace.
@@ -64,6 +73,13 @@ type LaunchSpec struct {
 	// SharedDir is the host directory shared with the guest as tag
 	// kataShared; empty when nothing is shared.
 	SharedDir string
+	// Disks are attached in order (/dev/vda, /dev/vdb, ...): the verity
+	// layer images of a sandbox without a shared directory.
+	Disks []hostvmm.Disk
+	// Network lets the guest reach the KBS on the host (QEMU).
+	Network *hostvmm.Network
+	// KBSURL is the KBS as the guest reaches it (cocoon.kbs_url).
+	KBSURL string
 }
 
 // Options for Start.
@@ -96,6 +112,15 @@ type Sandbox struct {
 
 	mu     sync.Mutex
 	shares map[string][]string // container id -> host paths made in sharedDir
+	// layers are the containers' rootfs images when nothing is shared.
+	layers map[string]*layer
+}
+
+// layer is a container rootfs packed as a dm-verity image and attached to
+// the VM as a virtio disk.
+type layer struct {
+	image  *rootfs.LayerImage
+	device string
 }
 
 // ID is the sandbox id.
@@ -153,6 +178,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 		stateDir: StateDir(opts.Config, opts.ID),
 		log:      log,
 		shares:   map[string][]string{},
+		layers:   map[string]*layer{},
 	}
 	if err := os.MkdirAll(s.stateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("start sandbox %s: state dir: %w", opts.ID, err)
@@ -171,6 +197,9 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 	if pol != nil {
 		spec.HostData = pol.HostData
 	}
+	if err := s.kbsAccess(&spec); err != nil {
+		return nil, fmt.Errorf("start sandbox %s: %w", opts.ID, err)
+	}
 	if opts.Config.Sandbox.SharedFS != config.SharedFSNone || opts.Config.Sandbox.Launcher == config.LauncherProcess {
 		s.sharedDir = filepath.Join(s.stateDir, "shared")
 		if err := os.MkdirAll(s.sharedDir, 0o700); err != nil {
@@ -185,6 +214,24 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 				return nil, fmt.Errorf("start sandbox %s: share rootfs: %w", opts.ID, err)
 			}
 		}
+	}
+	if s.sharedDir == "" && opts.Rootfs != "" {
+		// Nothing is shared with the guest: the container's rootfs
+		// travels as an erofs image under dm-verity, whose root hash the
+		// CreateContainer request carries for the policy to check.
+		if err := ValidID(opts.ContainerID); err != nil {
+			return nil, fmt.Errorf("start sandbox %s: %w", opts.ID, err)
+		}
+		img, err := rootfs.BuildLayerImage(ctx, opts.Rootfs, filepath.Join(s.stateDir, opts.ContainerID+".layer"))
+		if err != nil {
+			return nil, fmt.Errorf("start sandbox %s: pack the rootfs: %w", opts.ID, err)
+		}
+		dev := "/dev/vd" + string(rune('a'+len(spec.Disks)))
+		if opts.Config.Sandbox.Image != "" {
+			return nil, fmt.Errorf("start sandbox %s: a rootfs image and verity layers together: %w", opts.ID, errdefs.ErrNotImplemented)
+		}
+		spec.Disks = append(spec.Disks, hostvmm.Disk{Path: img.Path, ReadOnly: true})
+		s.layers[opts.ContainerID] = &layer{image: img, device: dev}
 	}
 	vm, err := opts.Launcher.Launch(ctx, spec)
 	if err != nil {
@@ -202,6 +249,11 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 	if pol != nil {
 		if _, err := s.agent.SetPolicy(ctx, &agentpb.SetPolicyRequest{Policy: pol.Document}); err != nil {
 			return nil, fmt.Errorf("start sandbox %s: set policy: %w", opts.ID, grpcerr.FromGRPC(err))
+		}
+	}
+	if spec.Network != nil {
+		if err := s.setupNetwork(ctx); err != nil {
+			return nil, fmt.Errorf("start sandbox %s: %w", opts.ID, err)
 		}
 	}
 	req := s.createSandboxRequest(opts.Hostname)
@@ -323,4 +375,58 @@ func (s *Sandbox) teardownVM(ctx context.Context) error {
 		s.vm = nil
 	}
 	return errors.Join(errs...)
+}
+
+// kbsAccess decides how the guest reaches the configured KBS. The process
+// launcher shares the host's network; under QEMU the guest gets a network
+// that reaches only the KBS, which must then listen on a host loopback
+// address, and the guest's URL names the forwarded address.
+func (s *Sandbox) kbsAccess(spec *LaunchSpec) error {
+	raw := s.cfg.KBS.URL
+	if raw == "" {
+		return nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.ContainsAny(raw, " \t\n") {
+		return fmt.Errorf("kbs url %q: want an http or https URL: %w", raw, errdefs.ErrInvalidArgument)
+	}
+	switch s.cfg.Sandbox.Launcher {
+	case config.LauncherProcess:
+		spec.KBSURL = raw
+		return nil
+	case config.LauncherQEMU:
+	default:
+		// cloud-hypervisor guests reach the KBS through the node's
+		// network, which the platform provides.
+		spec.KBSURL = raw
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(u.Host)
+	if err != nil || !ap.Addr().IsLoopback() {
+		return fmt.Errorf("kbs url %q: under QEMU the KBS must listen on a host loopback ip:port: %w", raw, errdefs.ErrInvalidArgument)
+	}
+	const guestPort = 8080
+	spec.Network = &hostvmm.Network{Forwards: []hostvmm.Forward{{GuestPort: guestPort, HostAddr: ap.String()}}}
+	g := *u
+	g.Host = hostvmm.ServiceIP + ":" + strconv.Itoa(guestPort)
+	spec.KBSURL = g.String()
+	return nil
+}
+
+// setupNetwork configures the guest's side of the launcher's network, as
+// the Kata runtime configures a pod's interfaces and routes.
+func (s *Sandbox) setupNetwork(ctx context.Context) error {
+	addr, bits, _ := strings.Cut(hostvmm.GuestCIDR, "/")
+	if _, err := s.agent.UpdateInterface(ctx, &agentpb.UpdateInterfaceRequest{Interface: &typespb.Interface{
+		Name: "eth0", HwAddr: hostvmm.GuestMAC, Mtu: 1500,
+		IPAddresses: []*typespb.IPAddress{{Family: typespb.IPFamily_v4, Address: addr, Mask: bits}},
+	}}); err != nil {
+		return fmt.Errorf("update interface: %w", grpcerr.FromGRPC(err))
+	}
+	if _, err := s.agent.UpdateRoutes(ctx, &agentpb.UpdateRoutesRequest{Routes: &agentpb.Routes{Routes: []*typespb.Route{
+		{Dest: "default", Gateway: hostvmm.GatewayIP, Device: "eth0", Family: typespb.IPFamily_v4},
+	}}}); err != nil {
+		return fmt.Errorf("update routes: %w", grpcerr.FromGRPC(err))
+	}
+	return nil
 }

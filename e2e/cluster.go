@@ -1,0 +1,245 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cocoon-containers/cocoon/hostvmm"
+	"github.com/cocoon-containers/cocoon/hostvmm/qemu"
+	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
+	"github.com/cocoon-containers/cocoon/kbs-client/server"
+	"github.com/cocoon-containers/cocoon/rootfs"
+	"github.com/cocoon-containers/cocoon/shim/shimtest"
+)
+
+// PodPolicyFor is the pod owner's policy for pods run by containerd: every
+// request the shim sends, the container only from the verity layer whose
+// root hash it names, and no exec.
+func PodPolicyFor(rootHash string) string {
+	p := string(rootfs.AllowAllPolicy())
+	p = strings.Replace(p, "default ExecProcessRequest := true", "default ExecProcessRequest := false", 1)
+	p = strings.Replace(p, "default CreateContainerRequest := true", "default CreateContainerRequest := false", 1)
+	return p + `
+# The rootfs is an overlay whose lower layer is the verity image this
+# policy names.
+CreateContainerRequest {
+	layer := input.storages[_]
+	layer.driver == "mmioblk"
+	layer.options[_] == "io.katacontainers.fs-opt.root-hash=` + rootHash + `"
+	root := input.storages[_]
+	root.driver == "overlayfs"
+	root.mount_point == input.OCI.Root.Path
+	root.options[_] == concat("", ["lowerdir=", layer.mount_point])
+	input.OCI.Root.Path == concat("", ["/run/kata-containers/shared/containers/", input.container_id, "/rootfs"])
+	count([s | s := input.storages[_]; not allowed_driver[s.driver]]) == 0
+}
+
+allowed_driver := {"mmioblk", "ephemeral", "local", "overlayfs"}
+`
+}
+
+// Cluster is a private containerd with Cocoon's runtime configured for
+// confidential pods under QEMU (simulated SNP), the guest image, and the
+// reference KBS.
+type Cluster struct {
+	Containerd *shimtest.Containerd
+	Manifest   *rootfs.Manifest
+	// RootHash is the dm-verity root hash of the workload image as the
+	// shim packs it.
+	RootHash string
+	// Policy is the pod's policy; HostData its SHA-256.
+	Policy   string
+	HostData [32]byte
+	KBSLogs  *syncBuffer
+	config   string
+	kbs      *http.Server
+	dir      string
+}
+
+// StartCluster builds the shim and the agent into dir, starts containerd
+// and imports the busybox workload image, computes the image's root hash,
+// builds the guest image whose measured command line names the KBS as the
+// guest reaches it, and starts the KBS with a resource policy that
+// requires the predicted MEASUREMENT and the pod policy's HOST_DATA.
+func StartCluster(ctx context.Context, dir string, binDir string) (*Cluster, error) {
+	cl := &Cluster{dir: dir, KBSLogs: &syncBuffer{}}
+	if binDir == "" {
+		binDir = filepath.Join(dir, "bin")
+		if err := shimtest.BuildShim(ctx, binDir, "github.com/cocoon-containers/cocoon/shim/cmd/containerd-shim-cocoon-v2"); err != nil {
+			return nil, err
+		}
+		if _, err := vmtest.BuildAgent(ctx, binDir); err != nil {
+			return nil, err
+		}
+	}
+	c := &shimtest.Containerd{Dir: filepath.Join(dir, "containerd"), BinDir: binDir}
+	if err := c.Start(ctx); err != nil {
+		return nil, err
+	}
+	cl.Containerd = c
+	if err := c.ImportBusybox(ctx); err != nil {
+		cl.Close()
+		return nil, err
+	}
+	mnt := filepath.Join(dir, "image")
+	os.MkdirAll(mnt, 0o755)
+	if _, _, err := c.Ctr(ctx, "images", "mount", shimtest.BusyboxImageName, mnt); err != nil {
+		cl.Close()
+		return nil, err
+	}
+	l, err := rootfs.BuildLayerImage(ctx, mnt, filepath.Join(dir, "expected.layer"))
+	c.Ctr(ctx, "images", "unmount", mnt)
+	if err != nil {
+		cl.Close()
+		return nil, err
+	}
+	cl.RootHash = hex.EncodeToString(l.RootHash)
+	cl.Policy = PodPolicyFor(cl.RootHash)
+	cl.HostData = sha256.Sum256([]byte(cl.Policy))
+
+	params := strings.Join([]string{"console=ttyS0", "quiet", "panic=-1",
+		"agent.server_addr=serial://" + hostvmm.AgentChannel, "tsc_early_khz=" + strconv.Itoa(qemu.TSCKHz())}, " ")
+	guest := filepath.Join(dir, "guest")
+	m, err := rootfs.Build(ctx, &rootfs.Config{
+		Agent: filepath.Join(binDir, "cocoon-agent"), Kernel: "linux-image-amd64", KernelCache: vmtest.KernelCache,
+		DefaultPolicy: "allow-only-setpolicy",
+		// The shim appends the KBS URL as the guest reaches it.
+		Cmdline: params + " cocoon.kbs_url=http://" + hostvmm.ServiceIP + ":8080",
+	}, guest, nil)
+	if err != nil {
+		cl.Close()
+		return nil, err
+	}
+	cl.Manifest = m
+	kbsAddr, err := cl.startKBS(ctx)
+	if err != nil {
+		cl.Close()
+		return nil, err
+	}
+	cl.config = filepath.Join(dir, "configuration.toml")
+	body := fmt.Sprintf(`[sandbox]
+launcher = "qemu"
+kernel = %q
+initrd = %q
+shared_fs = "none"
+confidential = "simulated"
+memory_mib = 512
+kernel_params = %q
+state_dir = %q
+
+[kbs]
+url = "http://%s"
+`, filepath.Join(guest, rootfs.KernelFile), filepath.Join(guest, rootfs.InitrdFile), params, filepath.Join(dir, "sandboxes"), kbsAddr)
+	if err := os.WriteFile(cl.config, []byte(body), 0o600); err != nil {
+		cl.Close()
+		return nil, err
+	}
+	return cl, nil
+}
+
+// ResourcePolicy is the KBS's rule for default/key/1: the guest image the
+// manifest predicts, running the pod policy, not debuggable.
+func (cl *Cluster) ResourcePolicy() string {
+	return `package policy
+import rego.v1
+default allow := false
+allow if {
+	input.claims.measurement == "` + cl.Manifest.ReferenceValues.SimulatedMeasurement + `"
+	input.claims.host_data == "` + hex.EncodeToString(cl.HostData[:]) + `"
+	not input.claims.policy.debug
+}
+`
+}
+
+func (cl *Cluster) startKBS(ctx context.Context) (string, error) {
+	repo := filepath.Join(cl.dir, "kbs-repository")
+	if err := os.MkdirAll(filepath.Join(repo, "default", "key"), 0o700); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(repo, "default", "key", "1"), []byte(Secret), 0o600); err != nil {
+		return "", err
+	}
+	srv, err := server.New(ctx, server.Config{
+		Repository: repo, TrustSimulated: true, ResourcePolicy: cl.ResourcePolicy(),
+		Logger: slog.New(slog.NewTextHandler(cl.KBSLogs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		return "", fmt.Errorf("reference KBS: %w", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	cl.kbs = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go cl.kbs.Serve(l)
+	return l.Addr().String(), nil
+}
+
+// StopKBS stops the KBS.
+func (cl *Cluster) StopKBS() {
+	if cl.kbs != nil {
+		cl.kbs.Close()
+	}
+}
+
+// Close stops the KBS and containerd (with every task of the namespace).
+func (cl *Cluster) Close() {
+	cl.StopKBS()
+	if cl.Containerd != nil {
+		cl.Containerd.Cleanup(context.Background())
+	}
+}
+
+// annotation is the policy annotation for policy.
+func annotation(policy string) string {
+	return "io.katacontainers.config.agent.policy=" + base64.StdEncoding.EncodeToString([]byte(policy))
+}
+
+// RunWorkload runs the workload container as a pod of its own with policy
+// (`ctr run --rm`) and returns what it printed.
+func (cl *Cluster) RunWorkload(ctx context.Context, id, policy string) (string, error) {
+	out, _, err := cl.Containerd.Ctr(ctx, "run", "--rm", "--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", cl.config,
+		"--annotation", annotation(policy), shimtest.BusyboxImageName, id, "sh", "-c", WorkloadCommand)
+	return out, err
+}
+
+// StartIdle starts a long-running container with policy (`ctr run -d`).
+func (cl *Cluster) StartIdle(ctx context.Context, id, policy string) error {
+	_, _, err := cl.Containerd.Ctr(ctx, "run", "-d", "--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", cl.config,
+		"--annotation", annotation(policy), shimtest.BusyboxImageName, id, "sleep", "1000")
+	return err
+}
+
+// Exec tries `ctr task exec` in container id.
+func (cl *Cluster) Exec(ctx context.Context, id string) error {
+	_, _, err := cl.Containerd.Ctr(ctx, "tasks", "exec", "--exec-id", "debug", id, "cat", "/proc/self/environ")
+	return err
+}
+
+// Remove kills and deletes container id.
+func (cl *Cluster) Remove(ctx context.Context, id string) {
+	c := cl.Containerd
+	c.Ctr(ctx, "tasks", "kill", "-s", "SIGKILL", id)
+	for i := 0; i < 100; i++ {
+		if out, _, _ := c.Ctr(ctx, "tasks", "ls"); !strings.Contains(out, id+" ") || strings.Contains(out, "STOPPED") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.Ctr(ctx, "tasks", "delete", "--force", id)
+	c.Ctr(ctx, "containers", "delete", id)
+}
+
+// SandboxesDir holds the pods' state on the host.
+func (cl *Cluster) SandboxesDir() string { return filepath.Join(cl.dir, "sandboxes") }
