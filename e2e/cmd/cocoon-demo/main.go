@@ -1,10 +1,12 @@
-// Command cocoon-demo runs the main job on this machine: a confidential pod
-// in a QEMU guest (KVM when usable, TCG otherwise; simulated SNP) gets its
-// secret from the reference KBS, exec into it is refused by its policy,
+// Command cocoon-demo runs the main job on this machine: a private
+// containerd with Cocoon's runtime runs a confidential pod in a QEMU guest
+// (KVM when usable, TCG otherwise; simulated SNP); the pod's image reaches
+// the guest as a dm-verity layer its policy names; the workload gets its
+// secret from the reference KBS; exec into it is refused by its policy;
 // and a pod launched with a modified policy gets nothing. `make demo`
 // builds the binaries and runs it.
 //
-//	cocoon-demo [--agent bin/cocoon-agent] [--keep]
+//	cocoon-demo [--bin bin] [--keep]
 package main
 
 import (
@@ -13,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -21,12 +24,12 @@ import (
 )
 
 func main() {
-	agent := flag.String("agent", "bin/cocoon-agent", "static cocoon-agent for the guest (make build)")
-	keep := flag.Bool("keep", false, "keep the work directory (images, console logs)")
+	bin := flag.String("bin", "bin", "directory with containerd-shim-cocoon-v2 and cocoon-agent (make build)")
+	keep := flag.Bool("keep", false, "keep the work directory (images, logs)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *agent, *keep); err != nil {
+	if err := run(ctx, *bin, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
 		os.Exit(1)
 	}
@@ -35,9 +38,15 @@ func main() {
 func step(format string, args ...any) { fmt.Printf("   "+format+"\n", args...) }
 func ok(format string, args ...any)   { fmt.Printf("OK "+format+"\n", args...) }
 
-func run(ctx context.Context, agent string, keep bool) error {
-	if _, err := os.Stat(agent); err != nil {
-		return fmt.Errorf("agent binary: %w (run make build)", err)
+func run(ctx context.Context, bin string, keep bool) error {
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return err
+	}
+	for _, f := range []string{"containerd-shim-cocoon-v2", "cocoon-agent"} {
+		if _, err := os.Stat(filepath.Join(bin, f)); err != nil {
+			return fmt.Errorf("%w (run make build)", err)
+		}
 	}
 	dir, err := os.MkdirTemp("", "cocoon-demo-")
 	if err != nil {
@@ -49,51 +58,41 @@ func run(ctx context.Context, agent string, keep bool) error {
 		defer os.RemoveAll(dir)
 	}
 	start := time.Now()
-	step("building the guest: Debian kernel, initrd with cocoon-agent as /init (default policy: allow only SetPolicy),")
-	step("and the workload's busybox tree as an erofs image with a dm-verity tree")
-	env, err := e2e.Prepare(ctx, e2e.Options{AgentBinary: agent, Dir: dir})
+	step("starting a private containerd with the runtime io.containerd.cocoon.v2 (QEMU, simulated SNP, no shared directories)")
+	step("building the guest: Debian kernel, initrd with cocoon-agent as /init (default policy: allow only SetPolicy)")
+	cl, err := e2e.StartCluster(ctx, dir, bin)
 	if err != nil {
 		return err
 	}
-	defer env.Close()
-	m := env.Manifest
-	h := e2e.HostData(e2e.Policy)
-	step("workload image root hash %s (on the measured kernel command line)", m.ReferenceValues.VerityRootHash)
-	step("predicted MEASUREMENT (simulated SNP) %s", m.ReferenceValues.SimulatedMeasurement)
-	step("pod policy sha256 = HOST_DATA %x (allows the pod, denies ExecProcess)", h)
-	step("reference KBS on %s: default/key/1 only for that MEASUREMENT and HOST_DATA, no debug", env.KBSAddr())
+	defer cl.Close()
+	step("predicted MEASUREMENT (simulated SNP) %s", cl.Manifest.ReferenceValues.SimulatedMeasurement)
+	step("workload image: busybox as a dm-verity layer, root hash %s, named by the pod policy", cl.RootHash)
+	step("pod policy sha256 = HOST_DATA %x (that image only, no exec)", cl.HostData)
+	step("reference KBS on loopback: default/key/1 only for that MEASUREMENT and HOST_DATA, no debug")
 
-	step("starting pod-good: QEMU, simulated SNP, HOST_DATA from its policy, network that reaches only the KBS")
-	good, err := env.StartPod(ctx, "pod-good", e2e.Policy)
+	step("ctr run pod-good with the policy annotation: the shim launches the VM, SetPolicy, network, CreateSandbox, the container")
+	out, err := cl.RunWorkload(ctx, "pod-good", cl.Policy)
 	if err != nil {
 		return err
 	}
-	defer good.Close()
-	if good.PolicyErr != nil {
-		return fmt.Errorf("the agent refused the pod's policy: %w", good.PolicyErr)
-	}
-	ok("policy hash matched HOST_DATA: the agent checked sha256(policy) against a fresh SNP report and installed it")
-	out, _, err := good.RunWorkload(ctx)
-	if err != nil {
-		return err
-	}
+	ok("policy hash matched HOST_DATA: the agent checked sha256(policy) against a fresh SNP report before installing it")
 	if out != e2e.Secret {
 		return fmt.Errorf("the workload printed %q, not its secret", out)
 	}
 	ok("attestation succeeded: the workload read its secret from http://127.0.0.1:8006/cdh/resource/default/key/1: %q", out)
-	if err := good.Exec(ctx); err == nil {
-		return fmt.Errorf("exec was allowed")
-	} else {
-		ok("exec refused by policy: %s", oneLine(err.Error()))
-	}
 
-	step("starting pod-modified: the same pod with one line added to its policy (so another HOST_DATA)")
-	bad, err := env.StartPod(ctx, "pod-modified", e2e.Policy+"\n# modified\n")
-	if err != nil {
+	if err := cl.StartIdle(ctx, "pod-idle", cl.Policy); err != nil {
 		return err
 	}
-	defer bad.Close()
-	out, _, err = bad.RunWorkload(ctx)
+	err = cl.Exec(ctx, "pod-idle")
+	cl.Remove(ctx, "pod-idle")
+	if err == nil {
+		return fmt.Errorf("exec was allowed")
+	}
+	ok("exec refused by policy: %s", oneLine(err.Error()[strings.LastIndex(err.Error(), "ctr:"):]))
+
+	step("ctr run pod-modified: the same pod with one line added to its policy (so another HOST_DATA)")
+	out, err = cl.RunWorkload(ctx, "pod-modified", cl.Policy+"\n# modified\n")
 	if err != nil {
 		return err
 	}
@@ -101,17 +100,8 @@ func run(ctx context.Context, agent string, keep bool) error {
 		return fmt.Errorf("the modified pod got the secret")
 	}
 	ok("a pod launched with a modified policy got no secret: %s", oneLine(out))
-
-	for _, p := range []*e2e.Pod{good, bad} {
-		if _, err := p.Stop(ctx); err != nil {
-			return err
-		}
-		if err := p.Close(); err != nil {
-			return err
-		}
-	}
-	env.Close()
-	ok("everything stopped: VMs powered off by their agents, state removed (%s)", time.Since(start).Round(time.Second))
+	cl.Close()
+	ok("everything stopped: pods deleted, VMs powered off, containerd and the KBS stopped (%s)", time.Since(start).Round(time.Second))
 	return nil
 }
 
