@@ -103,7 +103,7 @@ func TestConfidentialPod(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(dir, "pods", "*")); len(left) != 0 {
 		t.Errorf("pod state left behind: %v", left)
 	}
-	if procs := processesNamed("cocoon-pod-"); len(procs) != 0 {
+	if procs := processesNamed(dir); len(procs) != 0 {
 		t.Errorf("processes left behind: %v", procs)
 	}
 }

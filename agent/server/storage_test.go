@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cocoon-containers/cocoon/agent/agenttest"
 	"github.com/cocoon-containers/cocoon/agent/server"
 	"github.com/cocoon-containers/cocoon/agent/storage"
@@ -48,8 +50,10 @@ func TestContainerRootfsFromStorage(t *testing.T) {
 	if strings.Contains(string(mounts), guestRoot) {
 		t.Error("the container's rootfs storage is still mounted after RemoveContainer")
 	}
-	if !strings.Contains(string(mounts), shm) {
-		t.Error("the sandbox storage went with the container")
+	var st unix.Statfs_t
+	if err := unix.Statfs(shm, &st); err != nil || st.Type != unix.TMPFS_MAGIC || len(mgr.MountPoints("")) != 1 {
+		t.Errorf("the sandbox storage went with the container: statfs %#x %v, tracked %v; mounts under the test dir:\n%s",
+			st.Type, err, mgr.MountPoints(""), linesWith(string(mounts), base))
 	}
 	if _, err := h.agent.DestroySandbox(h.ctx(), &agentpb.DestroySandboxRequest{}); err != nil {
 		t.Fatal(err)
@@ -58,4 +62,14 @@ func TestContainerRootfsFromStorage(t *testing.T) {
 	if strings.Contains(string(mounts), guest) {
 		t.Errorf("storages left after DestroySandbox")
 	}
+}
+
+func linesWith(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
