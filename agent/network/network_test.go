@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/vishvananda/netlink"
@@ -151,7 +152,16 @@ func TestUpdateInterfaceReplacesAddresses(t *testing.T) {
 		}
 		return ll
 	}
+	// The kernel adds the link-local address once the link has carrier,
+	// which may come a moment after the link is up.
 	llBefore := linkLocal()
+	for deadline := time.Now().Add(10 * time.Second); len(llBefore) == 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		llBefore = linkLocal()
+	}
+	if len(llBefore) == 0 {
+		t.Fatal("the kernel gave veth-a no link-local address")
+	}
 
 	_, err := tn.net.UpdateInterface(tn.ctx, ifaceReq(&typespb.Interface{
 		Name:        "veth-a",
