@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -286,5 +287,21 @@ func TestReaper(t *testing.T) {
 	}
 	if zs := r.zombies(); len(zs) != 0 {
 		t.Errorf("zombie children left: %v", zs)
+	}
+}
+
+func TestReaperListsChildren(t *testing.T) {
+	cmd := exec.Command("sleep", "10")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	r := &Reaper{self: os.Getpid(), proc: "/proc"}
+	pids, ok := r.children()
+	if !ok {
+		t.Skip("this kernel has no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN): the reaper scans every process")
+	}
+	if !slices.Contains(pids, cmd.Process.Pid) {
+		t.Errorf("children %v lack the child %d", pids, cmd.Process.Pid)
 	}
 }

@@ -2,9 +2,9 @@ package initsys
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,20 +71,17 @@ func StartReaper(ctx context.Context, opts ReaperOptions) (*Reaper, error) {
 		r.log = slog.Default()
 	}
 	ctx, r.stop = context.WithCancel(ctx)
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, unix.SIGCHLD)
 	go func() {
 		defer close(r.done)
-		defer signal.Stop(sig)
 		// A zombie is collected on the first scan after its grace ran
-		// out: scan at least that often even without SIGCHLD.
+		// out, so scanning on a timer is enough; scanning at every
+		// SIGCHLD would cost the container lifecycle CPU for nothing.
 		t := time.NewTicker(r.grace / 2)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-sig:
 			case <-t.C:
 			}
 			r.scan(ctx, time.Now())
@@ -133,19 +130,25 @@ func (r *Reaper) scan(ctx context.Context, now time.Time) {
 	r.seen = cur
 }
 
-// zombies lists the zombie children of the agent.
+// zombies lists the zombie children of the agent: from the children
+// lists of its threads when the kernel has them (CONFIG_PROC_CHILDREN),
+// else by scanning every process.
 func (r *Reaper) zombies() []zombie {
-	entries, err := os.ReadDir(r.proc)
-	if err != nil {
-		return nil
+	pids, ok := r.children()
+	if !ok {
+		entries, err := os.ReadDir(r.proc)
+		if err != nil {
+			return nil
+		}
+		for _, e := range entries {
+			if pid, err := strconv.Atoi(e.Name()); err == nil {
+				pids = append(pids, pid)
+			}
+		}
 	}
 	var out []zombie
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(r.proc + "/" + e.Name() + "/stat")
+	for _, pid := range pids {
+		b, err := os.ReadFile(r.proc + "/" + strconv.Itoa(pid) + "/stat")
 		if err != nil {
 			continue
 		}
@@ -155,6 +158,35 @@ func (r *Reaper) zombies() []zombie {
 		}
 	}
 	return out
+}
+
+// children reads /proc/<self>/task/*/children.
+func (r *Reaper) children() ([]int, bool) {
+	tasks, err := os.ReadDir(r.proc + "/" + strconv.Itoa(r.self) + "/task")
+	if err != nil {
+		return nil, false
+	}
+	var pids []int
+	for _, t := range tasks {
+		b, err := os.ReadFile(r.proc + "/" + strconv.Itoa(r.self) + "/task/" + t.Name() + "/children")
+		if errors.Is(err, os.ErrNotExist) {
+			if _, serr := os.Stat(r.proc + "/" + strconv.Itoa(r.self) + "/task/" + t.Name()); serr == nil {
+				// The thread is there but the kernel has no children
+				// file: fall back to scanning.
+				return nil, false
+			}
+			continue // the thread ended meanwhile
+		}
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids, true
 }
 
 // parseStat reads the state, parent pid and start time of a
