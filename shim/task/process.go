@@ -182,16 +182,30 @@ func (p *process) startIO(ctx context.Context, agent agentpb.AgentServiceService
 	return nil
 }
 
-// closeStdin ends the input: the copier sees the close and sends CloseStdin.
+// closeStdin ends the input. The client closed its end of the fifo
+// before CloseIO, so the copier forwards what is still in the fifo, reads
+// EOF and sends CloseStdin; closing the fifo here at once would drop that
+// data. Only a copier that does not finish in stdinDrainTimeout has its
+// fifo closed under it.
 func (p *process) closeStdin() {
 	p.mu.Lock()
-	r := p.stdinFifo
+	r, done := p.stdinFifo, p.stdinDone
 	p.stdinFifo = nil
 	p.mu.Unlock()
-	if r != nil {
-		r.Close()
+	if r == nil {
+		return
 	}
+	go func() {
+		select {
+		case <-done:
+		case <-time.After(stdinDrainTimeout):
+		}
+		r.Close()
+	}()
 }
+
+// stdinDrainTimeout bounds how long CloseIO lets the stdin copier drain.
+const stdinDrainTimeout = 5 * time.Second
 
 // waitIO waits until the output is drained, at most drainTimeout.
 func (p *process) waitIO() {
