@@ -379,8 +379,11 @@ func TestWaitHonoursContext(t *testing.T) {
 	e := newEnv(t)
 	f := e.fifos("c1", false)
 	e.create("c1", []string{"/bin/sh", "-c", "exec sleep 1000"}, nil, f)
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	// The context is cancelled while Wait blocks on a task that never
+	// starts; Wait must return rather than block forever.
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	time.AfterFunc(50*time.Millisecond, cancel)
 	if _, err := e.svc.Wait(ctx, &taskAPI.WaitRequest{ID: "c1"}); err == nil {
 		t.Error("wait on a created task with an ending context: got no error, want one")
 	}

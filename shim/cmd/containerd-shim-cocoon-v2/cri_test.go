@@ -34,8 +34,7 @@ func TestCRI(t *testing.T) {
 		t.Fatal("containerd harness did not start")
 	}
 	crictl := crictlPath(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "cocoon-cri-")
 	if err != nil {
 		t.Fatal(err)
@@ -113,11 +112,8 @@ func TestCRI(t *testing.T) {
 	}()
 	ctrID := run("create", podID, ctr, pod)
 	run("start", ctrID)
-	deadline := time.Now().Add(time.Minute)
+	// Polled until the line is there; go test -timeout bounds the wait.
 	for !strings.Contains(run("logs", ctrID), "hello from a cocoon pod") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line; logs: %q", run("logs", ctrID))
-		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if out := run("exec", ctrID, "sh", "-c", "echo exec in the pod"); out != "exec in the pod" {

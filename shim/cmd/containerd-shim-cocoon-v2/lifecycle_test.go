@@ -97,15 +97,17 @@ func TestDeleteAfterCrashedShim(t *testing.T) {
 	if err := syscall.Kill(shimPid(t, "crash"), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
+	// Polled until containerd's cleanup is done; go test -timeout bounds
+	// the wait. Each round logs what is still there once in a while, so a
+	// hang says what it waits for.
+	for i := 0; ; i++ {
 		_, statErr := os.Stat(state)
 		left := processesUnder(state)
 		if errors.Is(statErr, os.ErrNotExist) && len(left) == 0 {
 			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the shim's death: state %s: %v; processes %v\n%s", state, statErr, left, c.LogTail())
+		if i > 0 && i%100 == 0 {
+			t.Logf("after the shim's death: state %s: %v; processes %v", state, statErr, left)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -141,8 +143,7 @@ func TestContainerdRestart(t *testing.T) {
 // the shim boots the VM, shares the rootfs over 9p and drives the agent.
 func TestQEMU(t *testing.T) {
 	c := requireContainerd(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "cocoon-shim-qemu-")
 	if err != nil {
 		t.Fatal(err)

@@ -35,8 +35,8 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	// No deadline of its own: go test -timeout bounds the whole run.
+	ctx := context.Background()
 	c := &shimtest.Containerd{Dir: filepath.Join(dir, "containerd"), BinDir: filepath.Join(dir, "bin")}
 	// This shim and the real agent, under the process launcher: containerd
 	// <-> shim <-> agent API <-> libcontainer, without a VM.
