@@ -166,12 +166,17 @@ func (c *Containerd) CtrInput(ctx context.Context, stdin []byte, args ...string)
 
 // CtrTTY runs ctr with a pseudo-terminal as its controlling terminal,
 // stdin, stdout and stderr (ctr -t needs one), and returns what it wrote.
-func (c *Containerd) CtrTTY(ctx context.Context, args ...string) (string, error) {
+// The terminal is rows x cols; ctr resizes the task's terminal to match.
+func (c *Containerd) CtrTTY(ctx context.Context, rows, cols uint16, args ...string) (string, error) {
 	m, sl, err := openPTY()
 	if err != nil {
 		return "", err
 	}
 	defer m.Close()
+	if err := setWinsize(m, rows, cols); err != nil {
+		sl.Close()
+		return "", fmt.Errorf("terminal size: %w", err)
+	}
 	full := append([]string{"--address", c.Address, "--namespace", Namespace}, args...)
 	cmd := exec.CommandContext(ctx, "ctr", full...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = sl, sl, sl

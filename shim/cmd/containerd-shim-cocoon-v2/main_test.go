@@ -199,14 +199,20 @@ func TestTerminal(t *testing.T) {
 	c := requireContainerd(t)
 	ctx := context.Background()
 	// ctr -t needs a terminal of its own.
+	// ctr resizes the task's terminal only after starting it (the spec
+	// carries no size), so the script waits for the size to arrive: it
+	// went ctr -> containerd -> ResizePty -> agent TtyWinResize.
+	// (On a 0x0 terminal busybox stty fails or prints nothing; others
+	// print "0 0".)
+	script := `test -t 1 && echo is a tty; until s=$(stty size 2>/dev/null); [ -n "$s" ] && [ "$s" != "0 0" ]; do sleep 0.02; done; echo "$s"`
 	args := []string{"run", "--runtime", runtimeName, "--runtime-config-path", configPath, "--rm", "-t",
-		shimtest.BusyboxImageName, "tty", "sh", "-c", "test -t 1 && echo is a tty; stty size"}
-	out, err := c.CtrTTY(ctx, args...)
+		shimtest.BusyboxImageName, "tty", "sh", "-c", script}
+	out, err := c.CtrTTY(ctx, 33, 101, args...)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, c.LogTail())
 	}
-	if got := strings.ReplaceAll(out, "\r", ""); !strings.HasPrefix(got, "is a tty\n") {
-		t.Errorf("terminal output: got %q, want it to start with \"is a tty\"", got)
+	if got, want := strings.ReplaceAll(out, "\r", ""), "is a tty\n33 101\n"; got != want {
+		t.Errorf("terminal output: got %q, want %q", got, want)
 	}
 }
 
