@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -256,5 +260,75 @@ func TestPodViaAnnotations(t *testing.T) {
 	}
 	if string(a1) != string(a2) {
 		t.Errorf("shim addresses: got %q and %q, want the pod's one shim", a1, a2)
+	}
+}
+
+// TestKillOneOrAll: `ctr tasks kill --exec-id` signals that exec only; a
+// plain kill signals the init process only; --all signals every process of
+// the container. Each process traps the signals to exit with its own code,
+// so the exit codes say which signal reached it.
+func TestKillOneOrAll(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	const id = "killer"
+	// The init process ignores TERM and INT.
+	if _, _, err := ctrRun(ctx, c, nil, []string{"-d"}, id, "sh", "-c", `trap "" TERM INT; while :; do sleep 0.05; done`); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	defer removeTask(ctx, c, id)
+	type execution struct {
+		cmd  *exec.Cmd
+		done chan error
+	}
+	start := func(eid string) execution {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, "ctr", "--address", c.Address, "--namespace", shimtest.Namespace,
+			"tasks", "exec", "--exec-id", eid, id, "sh", "-c", `trap "exit 7" TERM; trap "exit 9" INT; echo up; while :; do sleep 0.05; done`)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if line != "up\n" {
+			cmd.Process.Kill()
+			t.Fatalf("exec %s: got %q, %v, want up", eid, line, err)
+		}
+		e := execution{cmd: cmd, done: make(chan error, 1)}
+		go func() {
+			io.Copy(io.Discard, out)
+			e.done <- cmd.Wait()
+		}()
+		return e
+	}
+	exitCode := func(e execution) int {
+		err := <-e.done
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			return 0
+		}
+		return ee.ExitCode()
+	}
+	e1, e2 := start("e1"), start("e2")
+	if _, _, err := c.Ctr(ctx, "tasks", "kill", "-s", "SIGTERM", "--exec-id", "e1", id); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := exitCode(e1), 7; got != want {
+		t.Errorf("e1 after kill --exec-id e1 TERM: exit %d, want %d", got, want)
+	}
+	if _, _, err := c.Ctr(ctx, "tasks", "kill", "-s", "SIGTERM", id); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Ctr(ctx, "tasks", "kill", "-s", "SIGINT", "--all", id); err != nil {
+		t.Fatal(err)
+	}
+	// 9: e2 got INT from --all and not TERM from the init-only kill.
+	if got, want := exitCode(e2), 9; got != want {
+		t.Errorf("e2 after kill TERM then kill --all INT: exit %d, want %d", got, want)
+	}
+	if out, _, err := c.Ctr(ctx, "tasks", "ls"); err != nil || !strings.Contains(out, id) || !strings.Contains(out, "RUNNING") {
+		t.Errorf("the init process ignores both signals: tasks ls %q, %v, want %s RUNNING", out, err, id)
 	}
 }
