@@ -339,3 +339,51 @@ func TestKillOneOrAll(t *testing.T) {
 		t.Errorf("the init process ignores both signals: tasks ls %q, %v, want %s RUNNING", out, err, id)
 	}
 }
+
+// TestPauseResume: a paused container's processes stop (a counter it
+// writes into its rootfs stays put) and go on after resume.
+func TestPauseResume(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	const id = "freezer"
+	if _, _, err := ctrRun(ctx, c, nil, []string{"-d"}, id, "sh", "-c", `i=0; while :; do i=$((i+1)); echo $i > /n.tmp; mv /n.tmp /n; sleep 0.01; done`); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	defer removeTask(ctx, c, id)
+	// The bundle's rootfs is the container's root under the process
+	// launcher.
+	counter := filepath.Join(c.StateDir(), "io.containerd.runtime.v2.task", shimtest.Namespace, id, "rootfs", "n")
+	read := func() string {
+		b, _ := os.ReadFile(counter)
+		return strings.TrimSpace(string(b))
+	}
+	// changes polls until the counter moves on from v.
+	changes := func(v string) string {
+		for {
+			if n := read(); n != "" && n != v {
+				return n
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	changes("")
+	if _, _, err := c.Ctr(ctx, "tasks", "pause", id); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	if out, _, err := c.Ctr(ctx, "tasks", "ls"); err != nil || !strings.Contains(out, "PAUSED") {
+		t.Errorf("tasks ls after pause: %q, %v, want PAUSED", out, err)
+	}
+	before := read()
+	// The loop writes every 10ms when it runs.
+	time.Sleep(300 * time.Millisecond)
+	if after := read(); after != before {
+		t.Errorf("counter moved while paused: %s -> %s", before, after)
+	}
+	if _, _, err := c.Ctr(ctx, "tasks", "resume", id); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, err := c.Ctr(ctx, "tasks", "ls"); err != nil || !strings.Contains(out, "RUNNING") {
+		t.Errorf("tasks ls after resume: %q, %v, want RUNNING", out, err)
+	}
+	changes(before)
+}
