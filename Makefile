@@ -12,7 +12,7 @@ CRICTL_VERSION           := v1.37.0
 OPA_VERSION              := v1.22.3
 
 DEBIAN_PACKAGES := protobuf-compiler libprotobuf-dev containerd runc qemu-system-x86 busybox-static \
-	cryptsetup-bin kmod cpio e2fsprogs erofs-utils iproute2 gzip util-linux rpm2cpio curl
+	cryptsetup-bin kmod cpio e2fsprogs erofs-utils iproute2 gzip util-linux rpm2cpio curl skopeo umoci
 
 # Production images drop the simulated SNP provider: make build BUILD_TAGS='netgo osusergo'
 BUILD_TAGS ?= netgo osusergo simulated
