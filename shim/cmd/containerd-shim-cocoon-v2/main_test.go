@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,12 @@ import (
 
 	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
 	"github.com/cocoon-containers/cocoon/shim/shimtest"
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/namespaces"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // cd is the package's containerd, booted once in TestMain; nil when the
@@ -386,4 +393,74 @@ func TestPauseResume(t *testing.T) {
 		t.Errorf("tasks ls after resume: %q, %v, want RUNNING", out, err)
 	}
 	changes(before)
+}
+
+// TestMetricsAndUpdate: ctr tasks metrics gets the container's cgroup
+// statistics from the agent through Stats; ctr tasks update changes its
+// memory limit through Update, and the metrics show the new limit.
+func TestMetricsAndUpdate(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	const id = "measured"
+	if _, _, err := ctrRun(ctx, c, nil, []string{"-d"}, id, "sleep", "1000"); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	defer removeTask(ctx, c, id)
+	type metrics struct {
+		Pids struct {
+			Current uint64 `json:"current"`
+		} `json:"pids"`
+		CPU struct {
+			Usage struct {
+				Total uint64 `json:"total"`
+			} `json:"usage"`
+		} `json:"cpu"`
+		Memory struct {
+			Usage struct {
+				Limit uint64 `json:"limit"`
+				Usage uint64 `json:"usage"`
+			} `json:"usage"`
+		} `json:"memory"`
+	}
+	get := func() metrics {
+		t.Helper()
+		out, _, err := c.Ctr(ctx, "tasks", "metrics", "--format", "json", id)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, c.LogTail())
+		}
+		var m metrics
+		if err := json.Unmarshal([]byte(out), &m); err != nil {
+			t.Fatalf("metrics %q: %v", out, err)
+		}
+		return m
+	}
+	m := get()
+	if m.Pids.Current == 0 || m.CPU.Usage.Total == 0 || m.Memory.Usage.Usage == 0 {
+		t.Errorf("metrics: got %+v, want some processes, CPU time and memory", m)
+	}
+	const limit = 64 << 20
+	if m.Memory.Usage.Limit == limit {
+		t.Fatalf("the memory limit is already %d", limit)
+	}
+	// ctr 1.6 has no tasks update: call containerd's tasks service.
+	conn, err := grpc.NewClient("unix://"+c.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	l := int64(limit)
+	res, err := json.Marshal(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &l}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nsCtx := namespaces.WithNamespace(ctx, shimtest.Namespace)
+	if _, err := tasksapi.NewTasksClient(conn).Update(nsCtx, &tasksapi.UpdateTaskRequest{
+		ContainerID: id,
+		Resources:   &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", Value: res},
+	}); err != nil {
+		t.Fatalf("%v\n%s", err, c.LogTail())
+	}
+	if got := get().Memory.Usage.Limit; got != limit {
+		t.Errorf("memory limit after update: got %d, want %d", got, limit)
+	}
 }
