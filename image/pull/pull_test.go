@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,7 +17,11 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/cocoon-containers/cocoon/image/internal/imagetest"
 	"github.com/cocoon-containers/cocoon/image/unpack"
@@ -255,8 +260,62 @@ type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-func TestEncryptedLayerNeedsDecrypter(t *testing.T) {
-	if !isEncrypted("application/vnd.oci.image.layer.v1.tar+gzip+encrypted") || isEncrypted("application/vnd.oci.image.layer.v1.tar+gzip") {
-		t.Fatal("media type classification")
+// xorDecrypter stands in for an ocicrypt + KBS key getter: the "encrypted"
+// blob is the gzip layer XORed with a one-byte key.
+type xorDecrypter struct{ seen []string }
+
+func (x *xorDecrypter) Decrypt(_ context.Context, l v1.Descriptor, r io.Reader) (io.ReadCloser, error) {
+	x.seen = append(x.seen, l.Annotations["org.opencontainers.image.enc.keys.provider.attestation-agent"])
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	for i := range b {
+		b[i] ^= 0x5a
+	}
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+func TestEncryptedLayerDecrypterHook(t *testing.T) {
+	reg := imagetest.NewRegistry(t)
+	plain := imagetest.Layer(t, imagetest.Entry{Name: "secret", Body: "decrypted content"})
+	rc, _ := plain.Compressed()
+	gz, _ := io.ReadAll(rc)
+	for i := range gz {
+		gz[i] ^= 0x5a
+	}
+	diffID, _ := plain.DiffID()
+	enc := static.NewLayer(gz, types.MediaType("application/vnd.oci.image.layer.v1.tar+gzip+encrypted"))
+	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: enc, Annotations: map[string]string{
+		"org.opencontainers.image.enc.keys.provider.attestation-agent": "e30=",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.RootFS.DiffIDs = []v1.Hash{diffID}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	imagetest.Push(t, reg.Ref("enc:1"), img)
+
+	_, err = Pull(context.Background(), reg.Ref("enc:1"), filepath.Join(t.TempDir(), "r"), opts())
+	if !errors.Is(err, ErrEncryptedLayer) {
+		t.Fatalf("without a decrypter: %v", err)
+	}
+	o := opts()
+	dec := &xorDecrypter{}
+	o.Decrypter = dec
+	rootfs := filepath.Join(t.TempDir(), "r")
+	if _, err := Pull(context.Background(), reg.Ref("enc:1"), rootfs, o); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(rootfs, "secret")); string(b) != "decrypted content" {
+		t.Fatalf("content %q", b)
+	}
+	if len(dec.seen) != 1 || dec.seen[0] != "e30=" {
+		t.Fatalf("decrypter saw annotations %q", dec.seen)
 	}
 }
