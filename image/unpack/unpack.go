@@ -136,11 +136,12 @@ func applyLayer(root *os.Root, r io.Reader, opts Options) error {
 			}
 			continue
 		}
-		if err := root.MkdirAll(dir, 0o755); err != nil {
-			return &EntryError{hdr.Name, mapRootErr(err)}
-		}
+		// Parents first: MkdirAll would follow a symlink that stays inside.
 		if err := checkParents(root, name); err != nil {
 			return &EntryError{hdr.Name, err}
+		}
+		if err := root.MkdirAll(dir, 0o755); err != nil {
+			return &EntryError{hdr.Name, mapRootErr(err)}
 		}
 		size, err := writeEntry(root, name, hdr, tr, opts)
 		if err != nil {

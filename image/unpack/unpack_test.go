@@ -142,6 +142,7 @@ func TestTraversalRefused(t *testing.T) {
 		"hardlink via sym": {{name: "evil", typ: tar.TypeSymlink, link: "/etc"}, {name: "h", typ: tar.TypeLink, link: "evil/passwd"}},
 		"whiteout via sym": {{name: "evil", typ: tar.TypeSymlink, link: outside}, {name: "evil/.wh.keep"}},
 		"device":           {{name: "dev/sda", typ: tar.TypeBlock}},
+		"inner symlink":    {{name: "d/", typ: tar.TypeDir}, {name: "l", typ: tar.TypeSymlink, link: "d"}, {name: "l/escape/x", body: "x"}},
 	}
 	if err := os.WriteFile(filepath.Join(outside, "keep"), []byte("k"), 0o644); err != nil {
 		t.Fatal(err)
@@ -165,6 +166,9 @@ func TestTraversalRefused(t *testing.T) {
 			}
 			if exists(filepath.Join(outside, "escape")) || exists(filepath.Join(filepath.Dir(root), "escape")) {
 				t.Fatal("file written outside the root")
+			}
+			if exists(filepath.Join(root, "d", "escape")) {
+				t.Fatal("directories created through a symlinked parent")
 			}
 			if !exists(filepath.Join(outside, "keep")) {
 				t.Fatal("whiteout removed a file outside the root")
