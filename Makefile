@@ -10,6 +10,7 @@ PROTOC_GEN_TTRPC_VERSION := v1.2.10
 STATICCHECK_VERSION      := v0.8.2
 CRICTL_VERSION           := v1.37.0
 OPA_VERSION              := v1.22.3
+COSIGN_VERSION           := v2.6.1
 
 DEBIAN_PACKAGES := protobuf-compiler libprotobuf-dev containerd runc qemu-system-x86 busybox-static \
 	cryptsetup-bin kmod cpio e2fsprogs erofs-utils iproute2 gzip util-linux rpm2cpio curl skopeo umoci
@@ -38,6 +39,7 @@ go-deps: ## download Go modules and install the pinned Go tools into .tools/bin
 	GOBIN=$(CURDIR)/.tools/bin $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(PROTOC_GEN_TTRPC_VERSION)
 	GOBIN=$(CURDIR)/.tools/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	GOBIN=$(CURDIR)/.tools/bin $(GO) install sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
+	GOBIN=$(CURDIR)/.tools/bin $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@$(COSIGN_VERSION)
 
 build: ## build every binary into bin/
 	@mkdir -p bin
