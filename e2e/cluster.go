@@ -6,8 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,7 +16,6 @@ import (
 	"github.com/cocoon-containers/cocoon/hostvmm"
 	"github.com/cocoon-containers/cocoon/hostvmm/qemu"
 	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
-	"github.com/cocoon-containers/cocoon/kbs-client/server"
 	"github.com/cocoon-containers/cocoon/rootfs"
 	"github.com/cocoon-containers/cocoon/shim/shimtest"
 )
@@ -151,39 +148,16 @@ url = "http://%s"
 // ResourcePolicy is the KBS's rule for default/key/1: the guest image the
 // manifest predicts, running the pod policy, not debuggable.
 func (cl *Cluster) ResourcePolicy() string {
-	return `package policy
-import rego.v1
-default allow := false
-allow if {
-	input.claims.measurement == "` + cl.Manifest.ReferenceValues.SimulatedMeasurement + `"
-	input.claims.host_data == "` + hex.EncodeToString(cl.HostData[:]) + `"
-	not input.claims.policy.debug
-}
-`
+	return resourcePolicy(cl.Manifest.ReferenceValues.SimulatedMeasurement, cl.HostData)
 }
 
 func (cl *Cluster) startKBS(ctx context.Context) (string, error) {
-	repo := filepath.Join(cl.dir, "kbs-repository")
-	if err := os.MkdirAll(filepath.Join(repo, "default", "key"), 0o700); err != nil {
-		return "", err
-	}
-	if err := os.WriteFile(filepath.Join(repo, "default", "key", "1"), []byte(Secret), 0o600); err != nil {
-		return "", err
-	}
-	srv, err := server.New(ctx, server.Config{
-		Repository: repo, TrustSimulated: true, ResourcePolicy: cl.ResourcePolicy(),
-		Logger: slog.New(slog.NewTextHandler(cl.KBSLogs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	if err != nil {
-		return "", fmt.Errorf("reference KBS: %w", err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, addr, err := startKBS(ctx, filepath.Join(cl.dir, "kbs-repository"), cl.ResourcePolicy(), cl.KBSLogs)
 	if err != nil {
 		return "", err
 	}
-	cl.kbs = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go cl.kbs.Serve(l)
-	return l.Addr().String(), nil
+	cl.kbs = srv
+	return addr, nil
 }
 
 // StopKBS stops the KBS.

@@ -167,41 +167,55 @@ func Prepare(ctx context.Context, opts Options) (*Env, error) {
 
 // ResourcePolicy is the KBS's rule for default/key/1.
 func (e *Env) ResourcePolicy() string {
-	h := HostData(Policy)
+	return resourcePolicy(e.Manifest.ReferenceValues.SimulatedMeasurement, HostData(Policy))
+}
+
+func (e *Env) startKBS(ctx context.Context) error {
+	srv, addr, err := startKBS(ctx, filepath.Join(e.opts.Dir, "kbs-repository"), e.ResourcePolicy(), e.KBSLogs)
+	if err != nil {
+		return err
+	}
+	e.kbsSrv, e.kbsAddr = srv, addr
+	return nil
+}
+
+// resourcePolicy releases resources only to a guest with the measurement
+// and HOST_DATA given, not debuggable.
+func resourcePolicy(measurement string, hostData [32]byte) string {
 	return `package policy
 import rego.v1
 default allow := false
 allow if {
-	input.claims.measurement == "` + e.Manifest.ReferenceValues.SimulatedMeasurement + `"
-	input.claims.host_data == "` + hex.EncodeToString(h[:]) + `"
+	input.claims.measurement == "` + measurement + `"
+	input.claims.host_data == "` + hex.EncodeToString(hostData[:]) + `"
 	not input.claims.policy.debug
 }
 `
 }
 
-func (e *Env) startKBS(ctx context.Context) error {
-	repo := filepath.Join(e.opts.Dir, "kbs-repository")
+// startKBS serves the reference KBS on a loopback port, with Secret at
+// default/key/1 in repo, the resource policy given, and its log in logs.
+func startKBS(ctx context.Context, repo, policy string, logs io.Writer) (*http.Server, string, error) {
 	if err := os.MkdirAll(filepath.Join(repo, "default", "key"), 0o700); err != nil {
-		return err
+		return nil, "", err
 	}
 	if err := os.WriteFile(filepath.Join(repo, "default", "key", "1"), []byte(Secret), 0o600); err != nil {
-		return err
+		return nil, "", err
 	}
 	srv, err := server.New(ctx, server.Config{
-		Repository: repo, ResourcePolicy: e.ResourcePolicy(), TrustSimulated: true,
-		Logger: slog.New(slog.NewTextHandler(e.KBSLogs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Repository: repo, ResourcePolicy: policy, TrustSimulated: true,
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
-		return fmt.Errorf("reference KBS: %w", err)
+		return nil, "", fmt.Errorf("reference KBS: %w", err)
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	e.kbsAddr = l.Addr().String()
-	e.kbsSrv = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go e.kbsSrv.Serve(l)
-	return nil
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(l)
+	return hs, l.Addr().String(), nil
 }
 
 // KBSAddr is the KBS's loopback address on the host.

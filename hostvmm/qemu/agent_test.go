@@ -48,6 +48,32 @@ func agentImage(t *testing.T) *vmtest.Image {
 	return agentImg
 }
 
+// startAgentVM boots cfg under TCG and connects to its agent. The console
+// is logged if the test fails; the VM and the connection go at cleanup.
+func startAgentVM(t *testing.T, cfg hostvmm.Config) (hostvmm.Sandbox, *ttrpc.Client) {
+	t.Helper()
+	l := &Launcher{Accel: "tcg", QuitTimeout: time.Minute}
+	sb, err := l.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("console:\n%s", readFile(sb.ConsoleLog()))
+		}
+		sb.Cleanup()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	conn, err := sb.DialAgent(ctx)
+	if err != nil {
+		t.Fatalf("dial agent: %v", err)
+	}
+	c := ttrpc.NewClient(conn)
+	t.Cleanup(func() { c.Close() })
+	return sb, c
+}
+
 // kataSharedDir is where the Kata runtime mounts the sandbox's shared
 // directory in the guest; container rootfs paths sit under it.
 const kataSharedDir = "/run/kata-containers/shared/containers/"
@@ -65,30 +91,13 @@ func TestAgentInVM(t *testing.T) {
 	share := shortTempDir(t)
 	rootfs := agenttest.BusyboxRootfs(t, share, "c1")
 	state := filepath.Join(shortTempDir(t), "state")
-	l := &Launcher{Accel: "tcg", QuitTimeout: time.Minute}
-	sb, err := l.Start(context.Background(), hostvmm.Config{
+	sb, c := startAgentVM(t, hostvmm.Config{
 		ID: "agent-vm", StateDir: state, Kernel: img.Kernel, Initrd: img.Initrd,
 		Cmdline:    "console=ttyS0 quiet panic=-1 agent.log=debug",
 		SharedDirs: []hostvmm.SharedDir{{Tag: "kataShared", HostPath: share}},
 	})
-	if err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("console:\n%s", readFile(sb.ConsoleLog()))
-		}
-		sb.Cleanup()
-	})
-
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	conn, err := sb.DialAgent(ctx)
-	if err != nil {
-		t.Fatalf("dial agent: %v", err)
-	}
-	c := ttrpc.NewClient(conn)
-	defer c.Close()
 	v, err := agentpb.NewHealthClient(c).Version(ctx, &agentpb.CheckRequest{})
 	if err != nil {
 		t.Fatalf("Health.Version: %v", err)
@@ -226,24 +235,9 @@ func TestVerityRootfsInVM(t *testing.T) {
 	if app := strings.Join(argValues(args, "-append"), ""); !strings.Contains(app, " cocoon.sim_measurement="+m.ReferenceValues.SimulatedMeasurement) {
 		t.Errorf("launcher command line %q does not carry the manifest's measurement %s", app, m.ReferenceValues.SimulatedMeasurement)
 	}
-	sb, err := l.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("console:\n%s", readFile(sb.ConsoleLog()))
-		}
-		sb.Cleanup()
-	})
+	sb, c := startAgentVM(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	conn, err := sb.DialAgent(ctx)
-	if err != nil {
-		t.Fatalf("dial agent: %v", err)
-	}
-	c := ttrpc.NewClient(conn)
-	defer c.Close()
 	agent := agentpb.NewAgentServiceClient(c)
 	if _, err := agent.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{SandboxId: "sb"}); err != nil {
 		t.Fatalf("CreateSandbox: %v", err)
@@ -362,29 +356,13 @@ func TestVerityLayerInVM(t *testing.T) {
 		layers = append(layers, l)
 	}
 	state := filepath.Join(shortTempDir(t), "state")
-	l := &Launcher{Accel: "tcg", QuitTimeout: time.Minute}
-	sb, err := l.Start(context.Background(), hostvmm.Config{
+	sb, c := startAgentVM(t, hostvmm.Config{
 		ID: "layer-vm", StateDir: state, Kernel: img.Kernel, Initrd: img.Initrd,
 		Cmdline: "console=ttyS0 quiet panic=-1",
 		Disks:   []hostvmm.Disk{{Path: layers[0].Path, ReadOnly: true}, {Path: layers[1].Path, ReadOnly: true}},
 	})
-	if err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("console:\n%s", readFile(sb.ConsoleLog()))
-		}
-		sb.Cleanup()
-	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	conn, err := sb.DialAgent(ctx)
-	if err != nil {
-		t.Fatalf("dial agent: %v", err)
-	}
-	c := ttrpc.NewClient(conn)
-	defer c.Close()
 	agent := agentpb.NewAgentServiceClient(c)
 	if _, err := agent.SetPolicy(ctx, &agentpb.SetPolicyRequest{Policy: layerPolicy(hex.EncodeToString(layers[0].RootHash))}); err != nil {
 		t.Fatalf("SetPolicy: %v", err)
@@ -421,7 +399,7 @@ func TestVerityLayerInVM(t *testing.T) {
 
 	rootB := "/run/kata-containers/sandbox/layers/b"
 	specB := agenttest.Spec(rootB, "true")
-	_, err = agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "b", ExecId: "b", OCI: specB,
+	_, err := agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "b", ExecId: "b", OCI: specB,
 		Storages: []*agentpb.Storage{layerStorage("/dev/vdb", layers[1], rootB)}})
 	if status.Code(err) != codes.PermissionDenied {
 		t.Errorf("CreateContainer from a layer the policy does not list: %v, want PermissionDenied", err)
