@@ -11,7 +11,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/cocoon-containers/cocoon/image/internal/imagetest"
+	"github.com/cocoon-containers/cocoon/image/imagetest"
 )
 
 // benchImage is busybox, a layer of 400 small files and a 24 MiB layer of

@@ -23,7 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/cocoon-containers/cocoon/image/internal/imagetest"
+	"github.com/cocoon-containers/cocoon/image/imagetest"
 	"github.com/cocoon-containers/cocoon/image/unpack"
 )
 

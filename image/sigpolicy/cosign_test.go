@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/cocoon-containers/cocoon/image/internal/imagetest"
+	"github.com/cocoon-containers/cocoon/image/imagetest"
 )
 
 // cosignBinary is the pinned cosign that make go-deps installs.

@@ -16,7 +16,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
-	"github.com/cocoon-containers/cocoon/image/internal/imagetest"
+	"github.com/cocoon-containers/cocoon/image/imagetest"
 	"github.com/cocoon-containers/cocoon/image/pull"
 	"github.com/cocoon-containers/cocoon/image/unpack"
 )
