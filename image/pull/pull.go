@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -53,8 +54,14 @@ type Options struct {
 	// Auth holds registry credentials (docker config.json "auths").
 	Auth *AuthConfig
 	// AllowPlainHTTPLoopback permits http:// to localhost / loopback IPs.
-	// Any other plain-HTTP request is refused.
 	AllowPlainHTTPLoopback bool
+	// InsecureRegistries lists registries (host or host:port, exactly as
+	// in the image reference) that may be reached over plain HTTP, as
+	// containerd's and CRI-O's "insecure registries". Digests still bind
+	// every byte; what plain HTTP gives away is confidentiality of the
+	// request and of unencrypted layers. Any other plain-HTTP request is
+	// refused.
+	InsecureRegistries []string
 	// Verifier, when set, must accept the image before layers are fetched.
 	Verifier Verifier
 	// Decrypter handles encrypted layers; without it they are refused.
@@ -84,17 +91,27 @@ type Result struct {
 var ErrEncryptedLayer = errors.New("encrypted layer and no decrypter configured")
 
 type guard struct {
-	base  http.RoundTripper
-	allow bool
+	base     http.RoundTripper
+	allow    bool
+	insecure []string
 }
 
 func (g guard) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.URL.Scheme != "https" {
-		if r.URL.Scheme != "http" || !g.allow || !isLoopback(r.URL.Hostname()) {
-			return nil, fmt.Errorf("plain-HTTP registry access to %s refused (allowed only for loopback when enabled)", r.URL.Host)
+		ok := r.URL.Scheme == "http" && ((g.allow && isLoopback(r.URL.Hostname())) || slices.Contains(g.insecure, r.URL.Host))
+		if !ok {
+			return nil, fmt.Errorf("plain-HTTP registry access to %s refused (allowed only for loopback when enabled, or for a registry listed as insecure)", r.URL.Host)
 		}
 	}
 	return g.base.RoundTrip(r)
+}
+
+// hostOnly drops the port of host:port (and the brackets of an IPv6 host).
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return hostport
 }
 
 func isLoopback(host string) bool {
@@ -118,7 +135,7 @@ func (o Options) RemoteOptions(ctx context.Context) []remote.Option {
 	}
 	ro := []remote.Option{
 		remote.WithContext(ctx),
-		remote.WithTransport(guard{base: base, allow: o.AllowPlainHTTPLoopback}),
+		remote.WithTransport(guard{base: base, allow: o.AllowPlainHTTPLoopback, insecure: o.InsecureRegistries}),
 		remote.WithPlatform(plat),
 	}
 	if o.Auth != nil {
@@ -130,13 +147,16 @@ func (o Options) RemoteOptions(ctx context.Context) []remote.Option {
 // Pull fetches image and unpacks it into rootfs, which must not exist or be
 // an empty directory. On any error rootfs is left as it was.
 func Pull(ctx context.Context, image, rootfs string, o Options) (*Result, error) {
-	var nameOpts []name.Option
-	if o.AllowPlainHTTPLoopback {
-		nameOpts = append(nameOpts, name.Insecure)
-	}
-	ref, err := name.ParseReference(image, nameOpts...)
+	ref, err := name.ParseReference(image)
 	if err != nil {
 		return nil, fmt.Errorf("image reference %q: %w", image, err)
+	}
+	if reg := ref.Context().RegistryStr(); (o.AllowPlainHTTPLoopback && isLoopback(hostOnly(reg))) || slices.Contains(o.InsecureRegistries, reg) {
+		// name.Insecure lets the registry client fall back to http://;
+		// the transport guard still decides which hosts it may reach.
+		if ref, err = name.ParseReference(image, name.Insecure); err != nil {
+			return nil, fmt.Errorf("image reference %q: %w", image, err)
+		}
 	}
 	ro := o.RemoteOptions(ctx)
 	desc, err := remote.Get(ref, ro...)

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -63,6 +64,39 @@ func TestPlainHTTPNeedsOptIn(t *testing.T) {
 	_, err := Pull(context.Background(), reg.Ref("x:1"), filepath.Join(t.TempDir(), "r"), o)
 	if err == nil || !strings.Contains(err.Error(), "plain-HTTP") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestInsecureRegistryList: a registry that is not on loopback (here a
+// name the test's dialer sends to the loopback registry, as the guest's
+// service address is in a VM) is reached over plain HTTP only when listed.
+func TestInsecureRegistryList(t *testing.T) {
+	reg := imagetest.NewRegistry(t)
+	imagetest.Push(t, reg.Ref("x:1"), imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "a", Body: "listed"})))
+	_, port, _ := net.SplitHostPort(reg.Host)
+	remoteHost := "registry.test:" + port
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, reg.Host)
+	}
+	o := opts()
+	o.AllowPlainHTTPLoopback = false
+	o.Transport = tr
+	_, err := Pull(context.Background(), remoteHost+"/x:1", filepath.Join(t.TempDir(), "r"), o)
+	if err == nil {
+		t.Fatal("plain HTTP to an unlisted registry: pulled")
+	}
+	o.InsecureRegistries = []string{"other.test:" + port}
+	if _, err := Pull(context.Background(), remoteHost+"/x:1", filepath.Join(t.TempDir(), "r"), o); err == nil {
+		t.Fatal("plain HTTP to a registry not in the list: pulled")
+	}
+	o.InsecureRegistries = []string{remoteHost}
+	root := filepath.Join(t.TempDir(), "r")
+	if _, err := Pull(context.Background(), remoteHost+"/x:1", root, o); err != nil {
+		t.Fatalf("listed insecure registry: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "a")); err != nil || string(b) != "listed" {
+		t.Fatalf("rootfs content %q, %v", b, err)
 	}
 }
 
