@@ -55,7 +55,12 @@ type SignedIdentity struct {
 var ErrDenied = errors.New("image denied by signature policy")
 
 // Parse reads a policy document; key files named by keyPath are read now.
-func Parse(b []byte) (*Policy, error) {
+func Parse(b []byte) (*Policy, error) { return ParseWith(b, os.ReadFile) }
+
+// ParseWith is Parse with keyPath values resolved by readKey: the guest
+// resolves kbs:/// resource URIs through the KBS, as the confidential
+// containers image service does.
+func ParseWith(b []byte, readKey func(path string) ([]byte, error)) (*Policy, error) {
 	var p Policy
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
@@ -65,12 +70,12 @@ func Parse(b []byte) (*Policy, error) {
 	if p.Default == nil {
 		return nil, fmt.Errorf("signature policy: \"default\" is required")
 	}
-	if err := prepare(p.Default, "default"); err != nil {
+	if err := prepare(p.Default, "default", readKey); err != nil {
 		return nil, err
 	}
 	for tr, scopes := range p.Transports {
 		for scope, reqs := range scopes {
-			if err := prepare(reqs, fmt.Sprintf("transports.%s[%q]", tr, scope)); err != nil {
+			if err := prepare(reqs, fmt.Sprintf("transports.%s[%q]", tr, scope), readKey); err != nil {
 				return nil, err
 			}
 		}
@@ -87,7 +92,7 @@ func ParseFile(path string) (*Policy, error) {
 	return Parse(b)
 }
 
-func prepare(reqs []Requirement, where string) error {
+func prepare(reqs []Requirement, where string, readKey func(string) ([]byte, error)) error {
 	if len(reqs) == 0 {
 		return fmt.Errorf("signature policy %s: empty requirement list", where)
 	}
@@ -98,9 +103,9 @@ func prepare(reqs []Requirement, where string) error {
 		case "sigstoreSigned":
 			var pems [][]byte
 			for _, p := range append(append([]string{}, r.KeyPaths...), nonEmpty(r.KeyPath)...) {
-				b, err := os.ReadFile(p)
+				b, err := readKey(p)
 				if err != nil {
-					return fmt.Errorf("signature policy %s: key: %w", where, err)
+					return fmt.Errorf("signature policy %s: key %s: %w", where, p, err)
 				}
 				pems = append(pems, b)
 			}
