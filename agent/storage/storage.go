@@ -10,6 +10,7 @@ package storage
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,8 +50,21 @@ type Config struct {
 	SysfsRoot, DevRoot string
 	// Mounter does the mounts (the kernel's when nil).
 	Mounter Mounter
-	Logger  *slog.Logger
+	// Images pulls the images image_guest_pull storages name; without it
+	// such storages are refused.
+	Images ImagePuller
+	Logger *slog.Logger
 }
+
+// ImagePuller pulls an image into dest (missing or empty), leaving dest as
+// it was on error. image/guestpull implements it.
+type ImagePuller interface {
+	PullImage(ctx context.Context, image, dest string) error
+}
+
+// GuestPullDriver is the Kata driver name of a storage whose image the
+// guest pulls itself.
+const GuestPullDriver = "image_guest_pull"
 
 // Mounter is the kernel's mount interface, narrowed for tests.
 type Mounter interface {
@@ -498,9 +512,88 @@ func (m *Manager) mount(ctx context.Context, s *agentpb.Storage) (func(context.C
 			}
 		}
 		return unmount, m.cfg.Mounter.Mount("overlay", mp, "overlay", flags&^(unix.MS_BIND|unix.MS_REC)|unix.MS_NODEV, strings.Join(data, ","))
+	case GuestPullDriver:
+		return m.guestPull(ctx, s)
 	default:
 		return nil, fmt.Errorf("storage driver %q is not supported: %w", s.GetDriver(), errdefs.ErrInvalidArgument)
 	}
+}
+
+// Limits on a guest-pull storage.
+const (
+	maxImageRefLen  = 1024
+	maxPullInfoJSON = 64 << 10
+)
+
+// guestPull pulls the storage's image (its source) into the mount point,
+// which then is the container's rootfs. The driver options may carry the
+// Kata runtime's image_guest_pull={"metadata":{...}} description, which is
+// checked for shape and otherwise unused: what is pulled is the source,
+// and the policy sees both.
+func (m *Manager) guestPull(ctx context.Context, s *agentpb.Storage) (func(context.Context) error, error) {
+	if m.cfg.Images == nil {
+		return nil, fmt.Errorf("guest pull: this agent has no image service: %w", errdefs.ErrNotImplemented)
+	}
+	ref := s.GetSource()
+	if ref == "" || len(ref) > maxImageRefLen || strings.ContainsFunc(ref, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return nil, fmt.Errorf("guest pull: image reference %q: want a non-empty reference without spaces or control characters, at most %d bytes: %w", ref, maxImageRefLen, errdefs.ErrInvalidArgument)
+	}
+	if ref == "pause" {
+		return nil, fmt.Errorf("guest pull: the pause image is not part of this guest image: send the sandbox container's rootfs as a verity layer or share: %w", errdefs.ErrNotImplemented)
+	}
+	if f := s.GetFstype(); f != "" && f != "overlay" {
+		return nil, fmt.Errorf("guest pull: fstype %q: want none or overlay: %w", f, errdefs.ErrInvalidArgument)
+	}
+	if _, _, err := parseOptions(s.GetOptions()); err != nil {
+		return nil, err
+	}
+	for _, o := range s.GetDriverOptions() {
+		k, v, _ := strings.Cut(o, "=")
+		if k != GuestPullDriver {
+			return nil, fmt.Errorf("guest pull: driver option %q: only %s=<json> is understood: %w", truncate(o, 64), GuestPullDriver, errdefs.ErrInvalidArgument)
+		}
+		if len(v) > maxPullInfoJSON {
+			return nil, fmt.Errorf("guest pull: %s description of %d bytes, more than %d: %w", GuestPullDriver, len(v), maxPullInfoJSON, errdefs.ErrInvalidArgument)
+		}
+		var info struct {
+			Metadata map[string]string `json:"metadata"`
+		}
+		dec := json.NewDecoder(strings.NewReader(v))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&info); err != nil || dec.More() {
+			return nil, fmt.Errorf("guest pull: %s description is not {\"metadata\": {...}}: %w", GuestPullDriver, errdefs.ErrInvalidArgument)
+		}
+	}
+	mp := s.GetMountPoint()
+	if err := m.cfg.Images.PullImage(ctx, ref, mp); err != nil {
+		return nil, fmt.Errorf("guest pull of %s: %w", ref, err)
+	}
+	return func(context.Context) error { return clearDir(mp) }, nil
+}
+
+// clearDir removes what is inside dir, leaving dir itself.
+func clearDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // blockDevice finds the guest device of a blk or mmioblk storage:

@@ -267,3 +267,104 @@ func grep(s, sub string) string {
 	}
 	return fmt.Sprint(out)
 }
+
+// fakePuller writes one file named after the image, as a pull would.
+type fakePuller struct {
+	pulls []string
+	fail  error
+}
+
+func (p *fakePuller) PullImage(_ context.Context, image, dest string) error {
+	p.pulls = append(p.pulls, image)
+	if p.fail != nil {
+		return p.fail
+	}
+	if ents, err := os.ReadDir(dest); err != nil || len(ents) != 0 {
+		return fmt.Errorf("dest %s not an empty directory: %v %v", dest, ents, err)
+	}
+	return os.WriteFile(filepath.Join(dest, "image"), []byte(image), 0o644)
+}
+
+// TestGuestPull: an image_guest_pull storage makes the image service pull
+// the source into the mount point; a second container naming the same
+// storage shares it; the last release empties and removes the rootfs.
+// Malformed descriptions, references and a missing service are refused
+// before anything is pulled.
+func TestGuestPull(t *testing.T) {
+	root := t.TempDir()
+	p := &fakePuller{}
+	m := NewManager(Config{AllowedRoots: []string{root}, Mounter: &fakeMounter{}, Images: p})
+	rootfs := filepath.Join(root, "c1", "rootfs")
+	info := `image_guest_pull={"metadata":{"io.kubernetes.cri.image-name":"registry.test/app:1"}}`
+	s := &agentpb.Storage{Driver: GuestPullDriver, Source: "registry.test/app:1", Fstype: "overlay",
+		DriverOptions: []string{info}, MountPoint: rootfs}
+	ctx := context.Background()
+	if _, err := m.MountStorages(ctx, "c1", []*agentpb.Storage{s}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(rootfs, "image")); string(b) != "registry.test/app:1" {
+		t.Fatalf("rootfs content %q", b)
+	}
+	if _, err := m.MountStorages(ctx, "c2", []*agentpb.Storage{s}); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.pulls) != 1 {
+		t.Fatalf("pulls %v: a shared storage was pulled twice", p.pulls)
+	}
+	if err := m.UnmountOwner(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "image")); err != nil {
+		t.Fatalf("rootfs gone while c2 uses it: %v", err)
+	}
+	if err := m.UnmountOwner(ctx, "c2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "c1")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("after the last release: %v, want the rootfs and its parent gone", err)
+	}
+
+	bad := map[string]*agentpb.Storage{
+		"space in reference": {Source: "registry.test/app:1 --flag"},
+		"newline":            {Source: "registry.test/app\n:1"},
+		"empty reference":    {Source: ""},
+		"too long":           {Source: strings.Repeat("a", 2000)},
+		"pause sentinel":     {Source: "pause"},
+		"unknown option":     {Source: "r/a:1", DriverOptions: []string{"other=1"}},
+		"not JSON":           {Source: "r/a:1", DriverOptions: []string{"image_guest_pull={"}},
+		"unknown JSON field": {Source: "r/a:1", DriverOptions: []string{`image_guest_pull={"metadata":{},"x":1}`}},
+		"trailing JSON":      {Source: "r/a:1", DriverOptions: []string{`image_guest_pull={"metadata":{}}{}`}},
+		"fstype":             {Source: "r/a:1", Fstype: "ext4"},
+		"mount point":        {Source: "r/a:1", MountPoint: "/etc"},
+		"mount point ..":     {Source: "r/a:1", MountPoint: root + "/c3/../../x"},
+	}
+	for name, b := range bad {
+		b.Driver = GuestPullDriver
+		if b.MountPoint == "" {
+			b.MountPoint = filepath.Join(root, "c3", "rootfs")
+		}
+		p.pulls = nil
+		_, err := m.MountStorages(ctx, "c3", []*agentpb.Storage{b})
+		if err == nil || len(p.pulls) != 0 {
+			t.Errorf("%s: %v, pulls %v; want a refusal before any pull", name, err, p.pulls)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "c3")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("refused storages left %s", filepath.Join(root, "c3"))
+	}
+
+	// A failed pull (a denied image, say) leaves nothing and says why.
+	p.fail = errors.New("image denied by signature policy")
+	_, err := m.MountStorages(ctx, "c4", []*agentpb.Storage{{Driver: GuestPullDriver, Source: "r/a:1", MountPoint: filepath.Join(root, "c4", "rootfs")}})
+	if err == nil || !strings.Contains(err.Error(), "guest pull of r/a:1: image denied by signature policy") {
+		t.Fatalf("failed pull: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "c4")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("failed pull left %s", filepath.Join(root, "c4"))
+	}
+
+	none := NewManager(Config{AllowedRoots: []string{root}, Mounter: &fakeMounter{}})
+	if _, err := none.MountStorages(ctx, "c5", []*agentpb.Storage{{Driver: GuestPullDriver, Source: "r/a:1", MountPoint: filepath.Join(root, "c5", "rootfs")}}); !errdefs.IsNotImplemented(err) {
+		t.Fatalf("no image service: %v", err)
+	}
+}
