@@ -19,6 +19,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/containerd/errdefs"
 
+	"github.com/cocoon-containers/cocoon/kbs-client/protocol"
 	"github.com/cocoon-containers/cocoon/rpc/transport"
 )
 
@@ -68,6 +69,18 @@ type Config struct {
 	// image the agent mounts read-only (cocoon.rootfs_verity* keys, which
 	// the rootfs builder puts on the measured command line).
 	RootfsVerity *VerityRootfs
+	// ImagePolicy names the signature policy for guest pulls
+	// (containers-policy.json): a kbs:///repo/type/tag resource or an
+	// absolute path in the guest image. Initdata's cdh.toml
+	// image_security_policy_uri takes precedence.
+	ImagePolicy string
+	// ImageRegistryAuth names registry credentials (docker config.json)
+	// the same way; cdh.toml's authenticated_registry_credentials_uri
+	// takes precedence.
+	ImageRegistryAuth string
+	// ImageInsecureRegistries may be reached over plain HTTP by guest
+	// pulls (comma-separated host[:port] list).
+	ImageInsecureRegistries []string
 }
 
 // VerityRootfs describes the verity-protected image: data on /dev/vda, the
@@ -86,7 +99,7 @@ const DefaultPolicyFile = "/etc/cocoon/default-policy.rego"
 // COCOON_<KEY> (COCOON_AGENT_SERVER_ADDR and KATA_AGENT_SERVER_ADDR for
 // the address).
 var envKeys = []string{"log", "attestation", "sim_host_data", "sim_measurement", "kbs_url",
-	"run_dir", "cgroup_parent", "default_policy"}
+	"run_dir", "cgroup_parent", "default_policy", "image_policy", "image_registry_auth", "image_insecure_registries"}
 
 // Default returns the configuration used when nothing overrides it.
 func Default() Config {
@@ -113,6 +126,9 @@ type fileConfig struct {
 	RunDir         *string `toml:"run_dir"`
 	CgroupParent   *string `toml:"cgroup_parent"`
 	DefaultPolicy  *string `toml:"default_policy"`
+	ImagePolicy    *string `toml:"image_policy"`
+	ImageAuth      *string `toml:"image_registry_auth"`
+	ImageInsecure  *string `toml:"image_insecure_registries"`
 }
 
 // Sources holds the raw inputs Parse combines.
@@ -197,6 +213,9 @@ func Parse(src Sources) (Config, error) {
 		set("run_dir", fc.RunDir)
 		set("cgroup_parent", fc.CgroupParent)
 		set("default_policy", fc.DefaultPolicy)
+		set("image_policy", fc.ImagePolicy)
+		set("image_registry_auth", fc.ImageAuth)
+		set("image_insecure_registries", fc.ImageInsecure)
 		debugConsole = fc.DebugConsole
 	}
 
@@ -337,8 +356,40 @@ func (c *Config) apply(key, v string) error {
 			}
 			r.FSType = v
 		}
+	case "image_policy", "image_registry_auth":
+		if err := checkResourceOrPath(v); err != nil {
+			return bad(err.Error())
+		}
+		if key == "image_policy" {
+			c.ImagePolicy = v
+		} else {
+			c.ImageRegistryAuth = v
+		}
+	case "image_insecure_registries":
+		c.ImageInsecureRegistries = nil
+		for _, r := range strings.Split(v, ",") {
+			if r == "" || len(r) > 255 || strings.ContainsAny(r, "/@ \t") {
+				return bad("want a comma-separated list of host or host:port")
+			}
+			c.ImageInsecureRegistries = append(c.ImageInsecureRegistries, r)
+		}
 	default:
 		// Unknown cocoon.* keys belong to other components (rootfs, init).
+	}
+	return nil
+}
+
+// checkResourceOrPath accepts a kbs:///repo/type/tag URI or an absolute,
+// clean path.
+func checkResourceOrPath(v string) error {
+	if p, ok := strings.CutPrefix(v, "kbs:///"); ok {
+		if _, err := protocol.ParseResourcePath(p); err != nil {
+			return fmt.Errorf("want kbs:///repo/type/tag: %v", err)
+		}
+		return nil
+	}
+	if !filepath.IsAbs(v) || filepath.Clean(v) != v {
+		return errors.New("want kbs:///repo/type/tag or an absolute, clean path")
 	}
 	return nil
 }

@@ -204,3 +204,30 @@ func TestRootfsVerity(t *testing.T) {
 		}
 	}
 }
+
+func TestImageKeys(t *testing.T) {
+	cfg, err := Parse(Sources{
+		File:    []byte("image_registry_auth = \"/etc/cocoon/auth.json\"\n"),
+		Cmdline: "cocoon.image_policy=kbs:///default/security-policy/test cocoon.image_insecure_registries=10.0.2.100:5000,registry.local",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ImagePolicy != "kbs:///default/security-policy/test" || cfg.ImageRegistryAuth != "/etc/cocoon/auth.json" ||
+		!reflect.DeepEqual(cfg.ImageInsecureRegistries, []string{"10.0.2.100:5000", "registry.local"}) {
+		t.Fatalf("parsed %q %q %q", cfg.ImagePolicy, cfg.ImageRegistryAuth, cfg.ImageInsecureRegistries)
+	}
+	for _, bad := range []string{
+		"cocoon.image_policy=kbs:///default/../x",
+		"cocoon.image_policy=kbs:///two/parts",
+		"cocoon.image_policy=relative/policy.json",
+		"cocoon.image_policy=https://example.invalid/policy.json",
+		"cocoon.image_registry_auth=/etc/../etc/auth.json",
+		"cocoon.image_insecure_registries=a,,b",
+		"cocoon.image_insecure_registries=host/path",
+	} {
+		if _, err := Parse(Sources{Cmdline: bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

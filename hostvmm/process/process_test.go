@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -49,8 +48,10 @@ func hello(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
+	for _, d := range []string{buildDir, agentBinDir} {
+		if d != "" {
+			os.RemoveAll(d)
+		}
 	}
 	os.Exit(code)
 }
@@ -327,11 +328,7 @@ func TestProcessRefuses(t *testing.T) {
 func TestRealAgent(t *testing.T) {
 	vmtest.RequireRoot(t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "cocoon-agent")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/cocoon-containers/cocoon/agent/cmd/cocoon-agent")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build cocoon-agent: %v\n%s", err, out)
-	}
+	bin := realAgent(t)
 	cgroup := fmt.Sprintf("/cocoon-hostvmm-test-%d", os.Getpid())
 	t.Cleanup(func() { removeCgroup(t, cgroup) })
 	conf := filepath.Join(dir, "agent.toml")

@@ -238,3 +238,35 @@ func Sign(tb testing.TB, repo string, digest v1.Hash, payload []byte, key *ecdsa
 	}
 	Push(tb, fmt.Sprintf("%s:%s-%s.sig", repo, digest.Algorithm, digest.Hex), img)
 }
+
+// AppImage is busybox plus two layers that exercise unpacking: the second
+// adds files and a hard link, the third deletes one file with a whiteout
+// and empties a directory with an opaque whiteout. AppScript, run with sh
+// in a container of it, prints AppOutput when all of that came out right.
+func AppImage(tb testing.TB) v1.Image {
+	return Image(tb, BusyboxLayer(tb),
+		Layer(tb,
+			Entry{Name: "etc/", Type: tar.TypeDir},
+			Entry{Name: "etc/app/", Type: tar.TypeDir},
+			Entry{Name: "etc/app/keep", Body: "kept\n"},
+			Entry{Name: "etc/app/link", Type: tar.TypeLink, Link: "etc/app/keep"},
+			Entry{Name: "etc/app/gone", Body: "deleted later\n"},
+			Entry{Name: "etc/app/cache/", Type: tar.TypeDir},
+			Entry{Name: "etc/app/cache/old", Body: "stale\n"},
+		),
+		Layer(tb,
+			Entry{Name: "etc/app/.wh.gone", Body: ""},
+			Entry{Name: "etc/app/cache/.wh..wh..opq", Body: ""},
+			Entry{Name: "etc/app/cache/new", Body: "fresh\n"},
+		),
+	)
+}
+
+// AppScript checks AppImage's rootfs from inside a container.
+const AppScript = `cat /etc/app/keep; ` +
+	`[ -e /etc/app/gone ] || echo whiteout-ok; ` +
+	`ls /etc/app/cache; ` +
+	`[ "$(stat -c %i /etc/app/keep)" = "$(stat -c %i /etc/app/link)" ] && echo hardlink-ok`
+
+// AppOutput is what AppScript prints.
+const AppOutput = "kept\nwhiteout-ok\nnew\nhardlink-ok\n"

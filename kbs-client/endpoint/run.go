@@ -36,6 +36,29 @@ type Options struct {
 	Addr string
 	// Ready, if set, is called with the listening address before serving.
 	Ready func(net.Addr)
+	// KBS, when set, is the client to use (the agent shares one between
+	// the endpoint and its image service, so they attest once); otherwise
+	// Run makes one with NewClient.
+	KBS *client.Client
+}
+
+// NewClient makes the KBS client o describes.
+func NewClient(o Options) (*client.Client, error) {
+	if o.KBSURL == "" {
+		return nil, ErrNoKBS
+	}
+	if o.Provider == nil {
+		return nil, errors.New("kbs client: no attestation provider")
+	}
+	ca := o.CACert
+	if len(ca) == 0 && o.CACertFile != "" {
+		b, err := os.ReadFile(o.CACertFile)
+		if err != nil {
+			return nil, fmt.Errorf("KBS CA bundle: %w", err)
+		}
+		ca = b
+	}
+	return client.New(client.Config{URL: o.KBSURL, Provider: o.Provider, CACert: ca, CertPin: o.CertPin})
 }
 
 // ErrNoKBS is returned by Run when no KBS URL is configured.
@@ -51,17 +74,12 @@ func Run(ctx context.Context, o Options) error {
 	if o.Provider == nil {
 		return errors.New("workload endpoint: no attestation provider")
 	}
-	ca := o.CACert
-	if len(ca) == 0 && o.CACertFile != "" {
-		b, err := os.ReadFile(o.CACertFile)
-		if err != nil {
-			return fmt.Errorf("workload endpoint: KBS CA bundle: %w", err)
+	kc := o.KBS
+	if kc == nil {
+		var err error
+		if kc, err = NewClient(o); err != nil {
+			return fmt.Errorf("workload endpoint: %w", err)
 		}
-		ca = b
-	}
-	kc, err := client.New(client.Config{URL: o.KBSURL, Provider: o.Provider, CACert: ca, CertPin: o.CertPin})
-	if err != nil {
-		return fmt.Errorf("workload endpoint: %w", err)
 	}
 	addr := o.Addr
 	if addr == "" {
@@ -73,7 +91,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	srv := New(Config{KBS: kc, Provider: o.Provider, Logger: o.Logger})
 	srv.log.InfoContext(ctx, "workload endpoint serving", "address", l.Addr().String(), "kbs", o.KBSURL,
-		"ca_bundle", len(ca) > 0, "cert_pin", o.CertPin != "")
+		"ca_bundle", len(o.CACert) > 0 || o.CACertFile != "", "cert_pin", o.CertPin != "")
 	if o.Ready != nil {
 		o.Ready(l.Addr())
 	}

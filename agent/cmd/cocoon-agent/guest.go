@@ -13,6 +13,8 @@ import (
 	"github.com/cocoon-containers/cocoon/agent/config"
 	"github.com/cocoon-containers/cocoon/agent/policy"
 	"github.com/cocoon-containers/cocoon/attestation"
+	"github.com/cocoon-containers/cocoon/image/guestpull"
+	"github.com/cocoon-containers/cocoon/kbs-client/client"
 	"github.com/cocoon-containers/cocoon/kbs-client/endpoint"
 )
 
@@ -105,30 +107,77 @@ func findInitdataDevice(sysBlock, devDir string) (string, error) {
 	return "", nil
 }
 
-// startWorkloadEndpoint serves the CoCo-compatible endpoint on loopback
-// when a KBS is configured (command line, or the initdata's cdh.toml and
-// aa.toml) and the guest can attest. Initdata that arrives later through
-// SetPolicy does not reconfigure it.
-func startWorkloadEndpoint(ctx context.Context, cfg config.Config, id *policy.Initdata, p attestation.Provider, log *slog.Logger) error {
+// kbsConfig reads the KBS the guest attests to from the command line or
+// the initdata's cdh.toml and aa.toml, and makes the one client the
+// workload endpoint and the image service share. Without a KBS, or without
+// attestation, the result's KBS client is nil.
+func kbsConfig(cfg config.Config, id *policy.Initdata, p attestation.Provider, log *slog.Logger) (endpoint.Options, error) {
 	var files map[string]string
 	if id != nil {
 		files = id.Data
 	}
 	o, err := endpoint.FromConfig(cfg.KBSURL, files, p, log)
 	if err != nil {
-		return err
+		return endpoint.Options{}, err
 	}
 	if o.KBSURL == "" {
-		return nil
+		return o, nil
 	}
 	if p == nil {
-		log.WarnContext(ctx, "a KBS is configured but attestation is none: no workload endpoint")
-		return nil
+		log.Warn("a KBS is configured but attestation is none: no workload endpoint, no kbs:/// resources")
+		return o, nil
+	}
+	if o.KBS, err = endpoint.NewClient(o); err != nil {
+		return endpoint.Options{}, err
+	}
+	return o, nil
+}
+
+// imageWorkDir holds the guest-pull layer cache.
+func imageWorkDir(cfg config.Config) string { return filepath.Join(cfg.RunDir, "image") }
+
+// imageService configures guest pulls: the signature policy and registry
+// credentials from the initdata's cdh.toml [image] table, else from the
+// agent configuration; kbs:/// URIs resolve through the shared KBS client.
+func imageService(cfg config.Config, id *policy.Initdata, kbs *client.Client, log *slog.Logger) (*guestpull.Service, error) {
+	gc := guestpull.Config{
+		WorkDir:                imageWorkDir(cfg),
+		PolicyURI:              cfg.ImagePolicy,
+		AuthURI:                cfg.ImageRegistryAuth,
+		InsecureRegistries:     cfg.ImageInsecureRegistries,
+		AllowPlainHTTPLoopback: true, // the guest's own loopback
+		Logger:                 log,
+	}
+	if id != nil {
+		if doc, ok := id.Data[endpoint.CDHConfigFile]; ok {
+			ic, err := guestpull.FromCDHConfig(doc)
+			if err != nil {
+				return nil, fmt.Errorf("initdata %w", err)
+			}
+			if ic.ImageSecurityPolicyURI != "" {
+				gc.PolicyURI = ic.ImageSecurityPolicyURI
+			}
+			if ic.AuthenticatedRegistryCredentialsURI != "" {
+				gc.AuthURI = ic.AuthenticatedRegistryCredentialsURI
+			}
+		}
+	}
+	if kbs != nil {
+		gc.KBS = kbs
+	}
+	return guestpull.New(gc)
+}
+
+// startWorkloadEndpoint serves the CoCo-compatible endpoint on loopback
+// when a KBS is configured and the guest can attest. Initdata that arrives
+// later through SetPolicy does not reconfigure it.
+func startWorkloadEndpoint(ctx context.Context, o endpoint.Options, log *slog.Logger) {
+	if o.KBS == nil {
+		return
 	}
 	go func() {
 		if err := endpoint.Run(ctx, o); err != nil {
 			log.ErrorContext(ctx, "workload endpoint stopped", "error", err)
 		}
 	}()
-	return nil
 }

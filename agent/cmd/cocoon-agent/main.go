@@ -141,9 +141,21 @@ func run(ctx context.Context) error {
 		}
 	}
 
+	kbs, err := kbsConfig(cfg, initdata, provider, log)
+	if err != nil {
+		return err
+	}
+	images, err := imageService(cfg, initdata, kbs.KBS, log)
+	if err != nil {
+		return err
+	}
+	if !pid1 {
+		// On a host, the layer cache goes with the agent.
+		defer os.RemoveAll(imageWorkDir(cfg))
+	}
 	opts := server.Options{
 		Interceptors: []ttrpc.UnaryServerInterceptor{enforcer.UnaryInterceptor()},
-		Storage:      storage.NewManager(storage.Config{Logger: log}),
+		Storage:      storage.NewManager(storage.Config{Logger: log, Images: images}),
 		Files:        copyfile.New(copyfile.DefaultRoot),
 		Policy:       enforcer,
 		PID1:         pid1,
@@ -165,9 +177,7 @@ func run(ctx context.Context) error {
 	if pid1 {
 		startDebugConsole(ctx, cfg, log)
 	}
-	if err := startWorkloadEndpoint(ctx, cfg, initdata, provider, log); err != nil {
-		return err
-	}
+	startWorkloadEndpoint(ctx, kbs, log)
 	if err := removeStaleSocket(cfg.ServerAddr); err != nil {
 		return err
 	}
