@@ -24,6 +24,10 @@ import (
 const (
 	whiteoutPrefix = ".wh."
 	opaqueMarker   = ".wh..wh..opq"
+	// overlayfs reads its whiteout metadata from trusted.overlay.*; a
+	// layer may not set those itself.
+	overlayOpaqueXattr = "trusted.overlay.opaque"
+	overlayXattrPrefix = "trusted.overlay."
 )
 
 // Options bound and shape an unpack. The zero value is usable: devices
@@ -39,6 +43,12 @@ type Options struct {
 	MaxEntries int
 	// NoChown skips chown (for unprivileged callers).
 	NoChown bool
+	// OverlayWhiteouts unpacks one layer on its own, for use as an
+	// overlayfs lower layer, the way containerd's overlay snapshotter
+	// stores it: a whiteout becomes a 0:0 character device, an opaque
+	// marker the directory's trusted.overlay.opaque=y xattr. Without it,
+	// whiteouts delete from what lower layers unpacked into the same root.
+	OverlayWhiteouts bool
 }
 
 func (o Options) withDefaults() Options {
@@ -121,13 +131,25 @@ func applyLayer(root *os.Root, r io.Reader, opts Options) error {
 			dir = "."
 		}
 		if base == opaqueMarker {
-			if err := makeOpaque(root, dir, written); err != nil {
+			if opts.OverlayWhiteouts {
+				err = overlayOpaque(root, dir)
+			} else {
+				err = makeOpaque(root, dir, written)
+			}
+			if err != nil {
 				return &EntryError{hdr.Name, err}
 			}
 			continue
 		}
 		if strings.HasPrefix(base, whiteoutPrefix) {
 			victim := path.Join(dir, strings.TrimPrefix(base, whiteoutPrefix))
+			if opts.OverlayWhiteouts {
+				if err := overlayWhiteout(root, victim, hdr, opts); err != nil {
+					return &EntryError{hdr.Name, mapRootErr(err)}
+				}
+				written[victim] = true
+				continue
+			}
 			if err := checkParents(root, victim); err != nil {
 				return &EntryError{hdr.Name, err}
 			}
@@ -239,6 +261,49 @@ func makeOpaque(root *os.Root, dir string, written map[string]bool) error {
 		}
 	}
 	return nil
+}
+
+// overlayOpaque marks dir opaque for overlayfs.
+func overlayOpaque(root *os.Root, dir string) error {
+	if err := checkParents(root, path.Join(dir, "x")); err != nil {
+		return err
+	}
+	if err := root.MkdirAll(dir, 0o755); err != nil {
+		return mapRootErr(err)
+	}
+	f, err := root.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return mapRootErr(err)
+	}
+	defer f.Close()
+	return unix.Fsetxattr(int(f.Fd()), overlayOpaqueXattr, []byte("y"), 0)
+}
+
+// overlayWhiteout records the deletion of name as overlayfs does: a
+// character device 0:0 owned like the whiteout entry.
+func overlayWhiteout(root *os.Root, name string, hdr *tar.Header, opts Options) error {
+	if err := checkParents(root, name); err != nil {
+		return err
+	}
+	if err := root.MkdirAll(path.Dir(name), 0o755); err != nil {
+		return err
+	}
+	if err := replace(root, name, false); err != nil {
+		return err
+	}
+	wh := &tar.Header{Typeflag: tar.TypeChar, Mode: 0, Uid: hdr.Uid, Gid: hdr.Gid}
+	if err := mknod(root, name, wh); err != nil {
+		return err
+	}
+	if opts.NoChown {
+		return nil
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return os.Chown(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), hdr.Uid, hdr.Gid)
 }
 
 // replace removes what is at name unless both it and the new entry are
@@ -402,6 +467,9 @@ func setMetaFd(f *os.File, hdr *tar.Header, mode fs.FileMode, opts Options) erro
 		const prefix = "SCHILY.xattr."
 		if !strings.HasPrefix(k, prefix) {
 			continue
+		}
+		if strings.HasPrefix(strings.TrimPrefix(k, prefix), overlayXattrPrefix) {
+			return fmt.Errorf("xattr %s: overlayfs metadata is not a layer's to set: %w", strings.TrimPrefix(k, prefix), ErrUnsafePath)
 		}
 		if err := unix.Fsetxattr(int(f.Fd()), strings.TrimPrefix(k, prefix), []byte(v), 0); err != nil {
 			if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EPERM) {

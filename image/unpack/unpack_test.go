@@ -188,3 +188,70 @@ func TestSizeBounds(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestOverlayWhiteouts: with OverlayWhiteouts a layer unpacked on its own
+// keeps its deletions in overlayfs's form, and the kernel's overlayfs,
+// stacking it on the layer below, shows exactly what applying both layers
+// in one directory shows. A layer may not bring its own overlay xattrs.
+func TestOverlayWhiteouts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: trusted.* xattrs, device nodes and mounts")
+	}
+	base := []entry{
+		{name: "etc/", typ: tar.TypeDir, mode: 0o755},
+		{name: "etc/keep", body: "kept"},
+		{name: "etc/gone", body: "deleted later"},
+		{name: "var/", typ: tar.TypeDir, mode: 0o755},
+		{name: "var/cache/", typ: tar.TypeDir, mode: 0o755},
+		{name: "var/cache/old", body: "stale"},
+	}
+	top := []entry{
+		{name: "etc/.wh.gone", uid: 7, gid: 8},
+		{name: "var/cache/.wh..wh..opq"},
+		{name: "var/cache/new", body: "fresh"},
+	}
+	l1, l2 := t.TempDir(), t.TempDir()
+	if err := Layer(l1, mkTar(t, base...), Options{OverlayWhiteouts: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Layer(l2, mkTar(t, top...), Options{OverlayWhiteouts: true}); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(filepath.Join(l2, "etc", "gone"), &st); err != nil {
+		t.Fatalf("whiteout: %v", err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFCHR || st.Rdev != 0 || st.Uid != 7 || st.Gid != 8 {
+		t.Errorf("whiteout mode %o rdev %d owner %d:%d, want a 0:0 char device owned 7:8", st.Mode, st.Rdev, st.Uid, st.Gid)
+	}
+	buf := make([]byte, 8)
+	n, err := syscall.Getxattr(filepath.Join(l2, "var", "cache"), "trusted.overlay.opaque", buf)
+	if err != nil || string(buf[:n]) != "y" {
+		t.Errorf("opaque xattr %q, %v", buf[:n], err)
+	}
+
+	merged := t.TempDir()
+	if err := syscall.Mount("overlay", merged, "overlay", syscall.MS_RDONLY, "lowerdir="+l2+":"+l1); err != nil {
+		t.Fatalf("overlay mount: %v", err)
+	}
+	defer syscall.Unmount(merged, syscall.MNT_DETACH)
+	flat := t.TempDir()
+	for _, l := range [][]entry{base, top} {
+		if err := Layer(flat, mkTar(t, l...), Options{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{"etc/keep", "etc/gone", "var/cache/old", "var/cache/new"} {
+		if a, b := exists(filepath.Join(merged, p)), exists(filepath.Join(flat, p)); a != b {
+			t.Errorf("%s: present in the overlay %v, in the flat unpack %v", p, a, b)
+		}
+	}
+	if exists(filepath.Join(merged, "etc/gone")) || !exists(filepath.Join(merged, "var/cache/new")) {
+		t.Error("overlay view wrong: the whiteout or the opaque directory did not take")
+	}
+
+	evil := mkTar(t, entry{name: "d/", typ: tar.TypeDir, mode: 0o755, xattrs: map[string]string{"trusted.overlay.opaque": "y"}})
+	if err := Layer(t.TempDir(), evil, Options{OverlayWhiteouts: true}); !errors.Is(err, ErrUnsafePath) {
+		t.Errorf("layer setting trusted.overlay.opaque itself: %v", err)
+	}
+}
