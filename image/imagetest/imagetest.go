@@ -84,6 +84,7 @@ type Entry struct {
 	Name, Link, Body string
 	Type             byte
 	Mode             int64
+	Uid, Gid         int
 }
 
 // TarBytes builds an uncompressed tar.
@@ -91,7 +92,7 @@ func TarBytes(tb testing.TB, es ...Entry) []byte {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, e := range es {
-		h := &tar.Header{Name: e.Name, Linkname: e.Link, Typeflag: e.Type, Mode: e.Mode}
+		h := &tar.Header{Name: e.Name, Linkname: e.Link, Typeflag: e.Type, Mode: e.Mode, Uid: e.Uid, Gid: e.Gid}
 		if h.Typeflag == 0 {
 			h.Typeflag = tar.TypeReg
 		}

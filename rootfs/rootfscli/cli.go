@@ -23,7 +23,8 @@ const usage = `usage:
   cocoon-rootfs verity verify DATA HASHFILE ROOTHASH
   cocoon-rootfs build --out DIR [--config FILE] [--agent FILE] [--kernel PKG|FILE|DIR] [--kernel-cache DIR]
                      [--cmdline STRING] [--default-policy allow-all|allow-only-setpolicy|FILE]
-  cocoon-rootfs kernel fetch --out DIR [--package linux-image-amd64|FILE.deb|FILE.rpm]`
+  cocoon-rootfs kernel fetch --out DIR [--package linux-image-amd64|FILE.deb|FILE.rpm]
+  cocoon-rootfs layers OCI-LAYOUT [--ref NAME] [--out DIR]`
 
 // Run executes one command.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -47,6 +48,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if len(args) >= 2 && args[1] == "fetch" {
 			return kernelFetch(ctx, args[2:], stdout, stderr)
 		}
+	case "layers":
+		return layers(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, usage)
 		return nil
@@ -193,6 +196,38 @@ func build(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "default policy HOST_DATA: %s\n", m.ReferenceValues.DefaultPolicyHostData)
 	if m.ReferenceValues.VerityRootHash != "" {
 		fmt.Fprintf(stdout, "Root hash:                %s\n", m.ReferenceValues.VerityRootHash)
+	}
+	return nil
+}
+
+// layers prints, for every layer of an image in an OCI layout, its
+// diff_id and the dm-verity root hash of the layer image the shim will
+// attach for it: what a pod policy lists.
+func layers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("layers", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	ref := fs.String("ref", "", "image in the layout (org.opencontainers.image.ref.name); needed when it holds several")
+	out := fs.String("out", "", "keep the layer images in DIR (default: a temporary directory, removed)")
+	pos, err := splitArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("layers takes one OCI layout directory")
+	}
+	dir := *out
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "cocoon-layers-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	}
+	ls, err := rootfs.LayerImagesFromLayout(ctx, pos[0], *ref, dir)
+	if err != nil {
+		return err
+	}
+	for _, l := range ls {
+		fmt.Fprintf(stdout, "%s %s\n", l.DiffID, hex.EncodeToString(l.RootHash))
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -15,6 +16,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+
+	"github.com/cocoon-containers/cocoon/image/imagetest"
 	"github.com/cocoon-containers/cocoon/rootfs"
 	"github.com/cocoon-containers/cocoon/rootfs/kernel/kerneltest"
 )
@@ -134,5 +139,41 @@ func TestBuildAndKernelFetchFlags(t *testing.T) {
 	err = Run(context.Background(), []string{"build", "--agent", filepath.Join(dir, "agent"), "--kernel", rpmPath, "--kernel-cache", cache, "--out", outDir}, &out, &errOut)
 	if !errors.Is(err, rootfs.ErrBadAgent) {
 		t.Fatalf("build with a text agent = %v, want ErrBadAgent", err)
+	}
+}
+
+func TestLayers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	img := imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "a", Body: "one"}), imagetest.Layer(t, imagetest.Entry{Name: ".wh.a"}))
+	dir := t.TempDir()
+	p, err := layout.Write(filepath.Join(dir, "oci"), empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := Run(context.Background(), []string{"layers", filepath.Join(dir, "oci"), "--out", filepath.Join(dir, "imgs")}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	want, err := rootfs.LayerImagesFromLayout(context.Background(), filepath.Join(dir, "oci"), "", filepath.Join(dir, "check"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range want {
+		lines = append(lines, l.DiffID+" "+hex.EncodeToString(l.RootHash))
+	}
+	if got := strings.TrimSpace(out.String()); got != strings.Join(lines, "\n") {
+		t.Errorf("output:\n%s\nwant:\n%s", got, strings.Join(lines, "\n"))
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "imgs")); len(ents) != 2 {
+		t.Errorf("--out holds %d files, want the 2 layer images", len(ents))
+	}
+	if err := Run(context.Background(), []string{"layers"}, io.Discard, io.Discard); err == nil {
+		t.Error("layers without a layout accepted")
 	}
 }
