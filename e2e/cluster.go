@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,23 +22,33 @@ import (
 )
 
 // PodPolicyFor is the pod owner's policy for pods run by containerd: every
-// request the shim sends, the container only from the verity layer whose
-// root hash it names, and no exec.
-func PodPolicyFor(rootHash string) string {
+// request the shim sends, the container only from verity layers whose root
+// hashes are exactly layerHashes (bottom layer first, as cocoon-rootfs
+// layers prints them) stacked in that order, and no exec.
+func PodPolicyFor(layerHashes []string) string {
 	p := string(rootfs.AllowAllPolicy())
 	p = strings.Replace(p, "default ExecProcessRequest := true", "default ExecProcessRequest := false", 1)
 	p = strings.Replace(p, "default CreateContainerRequest := true", "default CreateContainerRequest := false", 1)
+	quoted := make([]string, len(layerHashes))
+	for i, h := range layerHashes {
+		quoted[i] = strconv.Quote(h)
+	}
 	return p + `
-# The rootfs is an overlay whose lower layer is the verity image this
-# policy names.
+# The image's layers, bottom first: the dm-verity root hash of each.
+layer_hashes := [` + strings.Join(quoted, ", ") + `]
+
+# The rootfs is an overlay of one verity layer per image layer, each with
+# the root hash of its place in the image, over a writable guest tmpfs.
 CreateContainerRequest {
-	layer := input.storages[_]
-	layer.driver == "mmioblk"
-	layer.options[_] == "io.katacontainers.fs-opt.root-hash=` + rootHash + `"
+	layers := [s | s := input.storages[_]; s.driver == "mmioblk"]
+	count(layers) == count(layer_hashes)
+	matched := {i | layer_hashes[i]; layers[i].options[_] == concat("", ["io.katacontainers.fs-opt.root-hash=", layer_hashes[i]])}
+	count(matched) == count(layer_hashes)
+	top_first := [layers[j].mount_point | layers[i]; j := count(layers) - 1 - i]
 	root := input.storages[_]
 	root.driver == "overlayfs"
 	root.mount_point == input.OCI.Root.Path
-	root.options[_] == concat("", ["lowerdir=", layer.mount_point])
+	root.options[_] == concat("", ["lowerdir=", concat(":", top_first)])
 	input.OCI.Root.Path == concat("", ["/run/kata-containers/shared/containers/", input.container_id, "/rootfs"])
 	count([s | s := input.storages[_]; not allowed_driver[s.driver]]) == 0
 }
@@ -52,9 +63,10 @@ allowed_driver := {"mmioblk", "ephemeral", "local", "overlayfs"}
 type Cluster struct {
 	Containerd *shimtest.Containerd
 	Manifest   *rootfs.Manifest
-	// RootHash is the dm-verity root hash of the workload image as the
-	// shim packs it.
-	RootHash string
+	// LayerHashes are the dm-verity root hashes of the workload image's
+	// layers, bottom first, as cocoon-rootfs layers predicts them from
+	// the image; the shim packs containerd's snapshots to the same.
+	LayerHashes []string
 	// Policy is the pod's policy; HostData its SHA-256.
 	Policy   string
 	HostData [32]byte
@@ -89,20 +101,22 @@ func StartCluster(ctx context.Context, dir string, binDir string) (*Cluster, err
 		cl.Close()
 		return nil, err
 	}
-	mnt := filepath.Join(dir, "image")
-	os.MkdirAll(mnt, 0o755)
-	if _, _, err := c.Ctr(ctx, "images", "mount", shimtest.BusyboxImageName, mnt); err != nil {
+	// The policy author's view: the image as an OCI layout, not what
+	// containerd unpacked.
+	layoutDir := filepath.Join(dir, "image-layout")
+	if err := untar(filepath.Join(c.Dir, "busybox-oci.tar"), layoutDir); err != nil {
 		cl.Close()
 		return nil, err
 	}
-	l, err := rootfs.BuildLayerImage(ctx, mnt, filepath.Join(dir, "expected.layer"))
-	c.Ctr(ctx, "images", "unmount", mnt)
+	ls, err := rootfs.LayerImagesFromLayout(ctx, layoutDir, shimtest.BusyboxImageName, filepath.Join(dir, "expected-layers"))
 	if err != nil {
 		cl.Close()
 		return nil, err
 	}
-	cl.RootHash = hex.EncodeToString(l.RootHash)
-	cl.Policy = PodPolicyFor(cl.RootHash)
+	for _, l := range ls {
+		cl.LayerHashes = append(cl.LayerHashes, hex.EncodeToString(l.RootHash))
+	}
+	cl.Policy = PodPolicyFor(cl.LayerHashes)
 	cl.HostData = sha256.Sum256([]byte(cl.Policy))
 
 	params := strings.Join([]string{"console=ttyS0", "quiet", "panic=-1",
@@ -183,8 +197,15 @@ func annotation(policy string) string {
 // RunWorkload runs the workload container as a pod of its own with policy
 // (`ctr run --rm`) and returns what it printed.
 func (cl *Cluster) RunWorkload(ctx context.Context, id, policy string) (string, error) {
-	out, _, err := cl.Containerd.Ctr(ctx, "run", "--rm", "--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", cl.config,
-		"--annotation", annotation(policy), shimtest.BusyboxImageName, id, "sh", "-c", WorkloadCommand)
+	return cl.Run(ctx, id, policy, "sh", "-c", WorkloadCommand)
+}
+
+// Run runs args in a busybox container that is a pod of its own with
+// policy (`ctr run --rm`) and returns what it printed.
+func (cl *Cluster) Run(ctx context.Context, id, policy string, args ...string) (string, error) {
+	cmd := append([]string{"run", "--rm", "--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", cl.config,
+		"--annotation", annotation(policy), shimtest.BusyboxImageName, id}, args...)
+	out, _, err := cl.Containerd.Ctr(ctx, cmd...)
 	return out, err
 }
 
@@ -217,3 +238,14 @@ func (cl *Cluster) Remove(ctx context.Context, id string) {
 
 // SandboxesDir holds the pods' state on the host.
 func (cl *Cluster) SandboxesDir() string { return filepath.Join(cl.dir, "sandboxes") }
+
+// untar unpacks a tarball this package wrote.
+func untar(src, dst string) error {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	if out, err := exec.Command("tar", "-xf", src, "-C", dst).CombinedOutput(); err != nil {
+		return fmt.Errorf("untar %s: %v: %s", src, err, out)
+	}
+	return nil
+}

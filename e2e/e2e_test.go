@@ -148,6 +148,17 @@ func TestConfidentialPodContainerd(t *testing.T) {
 	if out != Secret {
 		t.Errorf("workload printed %q, want the secret\nKBS log:\n%s", out, cl.KBSLogs)
 	}
+	// The image's two layers arrive as two verity layers: the top one's
+	// file is there and its whiteout hides the bottom one's file.
+	out, err = cl.Run(ctx, "layers", cl.Policy, "sh", "-c", "cat /etc/os-release; [ -e /etc/motd ] || echo motd-gone")
+	if err != nil || out != "ID=cocoon-test\nmotd-gone\n" {
+		t.Errorf("layered rootfs: %q, %v", out, err)
+	}
+	// The same layers named in the other order do not satisfy the policy.
+	swapped := PodPolicyFor([]string{cl.LayerHashes[1], cl.LayerHashes[0]})
+	if _, err := cl.Run(ctx, "swapped", swapped, "true"); err == nil || !strings.Contains(err.Error(), "CreateContainerRequest is blocked by policy") {
+		t.Errorf("layers in the wrong order: %v, want the policy's refusal", err)
+	}
 	if err := cl.StartIdle(ctx, "idle", cl.Policy); err != nil {
 		t.Fatal(err)
 	}

@@ -85,6 +85,10 @@ func LayerImageFromTar(ctx context.Context, r io.Reader, out string) (*LayerImag
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
+	// A snapshotter's layer directory is 0755; so is the packed root.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
 	// Layers come from registries: devices only as whiteouts.
 	if err := unpack.Layer(dir, r, unpack.Options{OverlayWhiteouts: true}); err != nil {
 		return nil, fmt.Errorf("layer image: %w", err)

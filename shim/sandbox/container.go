@@ -289,25 +289,36 @@ func (s *Sandbox) unshareLocked(id string) error {
 // by CopyFile.
 func (s *Sandbox) layerRequest(ctx context.Context, id string, ospec *agentpb.Spec) (*agentpb.CreateContainerRequest, error) {
 	s.mu.Lock()
-	l := s.layers[id]
+	ls := s.layers[id]
 	s.mu.Unlock()
-	if l == nil {
+	if len(ls) == 0 {
 		return nil, fmt.Errorf("container %s: a sandbox without a shared directory carries only the rootfs it was started with (no disk hotplug yet): %w", id, errdefs.ErrNotImplemented)
 	}
-	lower := path.Join(GuestLayersDir, id)
-	rw := lower + "-rw"
+	// One read-only verity mount per layer, bottom first, stacked by an
+	// overlay (whose lowerdir lists the top first) over a guest tmpfs.
+	base := path.Join(GuestLayersDir, id)
+	rw := base + "-rw"
 	root := path.Join(GuestSharedDir, id, "rootfs")
-	storages := []*agentpb.Storage{
-		{Driver: "mmioblk", Source: l.device, Fstype: l.image.FSType, MountPoint: lower,
+	var storages []*agentpb.Storage
+	lowers := make([]string, len(ls))
+	for i, l := range ls {
+		mp := base
+		if len(ls) > 1 {
+			mp = base + "/" + strconv.Itoa(i)
+		}
+		lowers[len(ls)-1-i] = mp
+		storages = append(storages, &agentpb.Storage{Driver: "mmioblk", Source: l.device, Fstype: l.image.FSType, MountPoint: mp,
 			Options: []string{"ro",
 				verity.OptRootHash + hex.EncodeToString(l.image.RootHash),
-				verity.OptDataBlocks + strconv.FormatUint(l.image.DataBlocks, 10)}},
-		{Driver: "ephemeral", Source: "tmpfs", Fstype: "tmpfs", MountPoint: rw, Options: []string{"mode=0755"}},
-		{Driver: "local", MountPoint: rw + "/upper"},
-		{Driver: "local", MountPoint: rw + "/work"},
-		{Driver: "overlayfs", Source: "overlay", Fstype: "overlay", MountPoint: root,
-			Options: []string{"lowerdir=" + lower, "upperdir=" + rw + "/upper", "workdir=" + rw + "/work"}},
+				verity.OptDataBlocks + strconv.FormatUint(l.image.DataBlocks, 10)}})
 	}
+	storages = append(storages,
+		&agentpb.Storage{Driver: "ephemeral", Source: "tmpfs", Fstype: "tmpfs", MountPoint: rw, Options: []string{"mode=0755"}},
+		&agentpb.Storage{Driver: "local", MountPoint: rw + "/upper"},
+		&agentpb.Storage{Driver: "local", MountPoint: rw + "/work"},
+		&agentpb.Storage{Driver: "overlayfs", Source: "overlay", Fstype: "overlay", MountPoint: root,
+			Options: []string{"lowerdir=" + strings.Join(lowers, ":"), "upperdir=" + rw + "/upper", "workdir=" + rw + "/work"}},
+	)
 	ospec.Root.Path = root
 	mounts, err := s.shareMounts(ctx, id, ospec.Mounts)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ import (
 	"github.com/cocoon-containers/cocoon/rpc/typespb"
 	"github.com/cocoon-containers/cocoon/shim/config"
 	grpcerr "github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/mount"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
 )
@@ -97,6 +99,10 @@ type Options struct {
 	// private mount namespace sees no mount made after it started.
 	ContainerID string
 	Rootfs      string
+	// RootfsMounts are the snapshot mounts containerd gave for Rootfs.
+	// When nothing is shared and they are an overlay, every lower
+	// directory (one image layer each) travels as its own verity layer.
+	RootfsMounts []mount.Mount
 }
 
 // Sandbox is a running pod VM with a connected agent.
@@ -113,11 +119,11 @@ type Sandbox struct {
 	mu     sync.Mutex
 	shares map[string][]string // container id -> host paths made in sharedDir
 	// layers are the containers' rootfs images when nothing is shared.
-	layers map[string]*layer
+	layers map[string][]*layer
 }
 
-// layer is a container rootfs packed as a dm-verity image and attached to
-// the VM as a virtio disk.
+// layer is one image layer of a container (or its whole rootfs) packed as
+// a dm-verity image and attached to the VM as a virtio disk.
 type layer struct {
 	image  *rootfs.LayerImage
 	device string
@@ -178,7 +184,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 		stateDir: StateDir(opts.Config, opts.ID),
 		log:      log,
 		shares:   map[string][]string{},
-		layers:   map[string]*layer{},
+		layers:   map[string][]*layer{},
 	}
 	if err := os.MkdirAll(s.stateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("start sandbox %s: state dir: %w", opts.ID, err)
@@ -222,16 +228,23 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 		if err := ValidID(opts.ContainerID); err != nil {
 			return nil, fmt.Errorf("start sandbox %s: %w", opts.ID, err)
 		}
-		img, err := rootfs.BuildLayerImage(ctx, opts.Rootfs, filepath.Join(s.stateDir, opts.ContainerID+".layer"))
-		if err != nil {
-			return nil, fmt.Errorf("start sandbox %s: pack the rootfs: %w", opts.ID, err)
-		}
-		dev := "/dev/vd" + string(rune('a'+len(spec.Disks)))
 		if opts.Config.Sandbox.Image != "" {
 			return nil, fmt.Errorf("start sandbox %s: a rootfs image and verity layers together: %w", opts.ID, errdefs.ErrNotImplemented)
 		}
-		spec.Disks = append(spec.Disks, hostvmm.Disk{Path: img.Path, ReadOnly: true})
-		s.layers[opts.ContainerID] = &layer{image: img, device: dev}
+		dirs, err := layerDirs(opts.Rootfs, opts.RootfsMounts)
+		if err != nil {
+			return nil, fmt.Errorf("start sandbox %s: %w", opts.ID, err)
+		}
+		for i, dir := range dirs {
+			img, err := rootfs.BuildLayerImage(ctx, dir, filepath.Join(s.stateDir, fmt.Sprintf("%s.layer%d", opts.ContainerID, i)))
+			if err != nil {
+				return nil, fmt.Errorf("start sandbox %s: pack layer %d of the rootfs: %w", opts.ID, i, err)
+			}
+			dev := "/dev/vd" + string(rune('a'+len(spec.Disks)))
+			spec.Disks = append(spec.Disks, hostvmm.Disk{Path: img.Path, ReadOnly: true})
+			s.layers[opts.ContainerID] = append(s.layers[opts.ContainerID], &layer{image: img, device: dev})
+		}
+		log.Info("rootfs packed as verity layers", "container_id", opts.ContainerID, "layers", len(dirs))
 	}
 	vm, err := opts.Launcher.Launch(ctx, spec)
 	if err != nil {
@@ -262,6 +275,50 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 	}
 	log.Info("sandbox ready", "launcher", opts.Config.Sandbox.Launcher, "confidential", opts.Config.Sandbox.Confidential, "policy", pol != nil)
 	return s, nil
+}
+
+// maxLayers bounds the verity layers of a container: each is a virtio
+// disk, and the guest names them /dev/vda to /dev/vdz.
+const maxLayers = 24
+
+// layerDirs lists what to pack for a container's rootfs, bottom layer
+// first. An overlay snapshot gives one directory per image layer (its
+// lowerdirs, then the upper directory if the container already wrote
+// something there); anything else is packed whole.
+func layerDirs(rootfsDir string, ms []mount.Mount) ([]string, error) {
+	if len(ms) != 1 || ms[0].Type != "overlay" {
+		return []string{rootfsDir}, nil
+	}
+	var lower []string
+	var upper string
+	for _, o := range ms[0].Options {
+		k, v, _ := strings.Cut(o, "=")
+		switch k {
+		case "lowerdir":
+			lower = strings.Split(v, ":")
+		case "upperdir":
+			upper = v
+		}
+	}
+	if len(lower) == 0 {
+		return nil, fmt.Errorf("overlay rootfs without lowerdir: %w", errdefs.ErrInvalidArgument)
+	}
+	// lowerdir lists the top layer first.
+	slices.Reverse(lower)
+	if upper != "" {
+		if ents, err := os.ReadDir(upper); err == nil && len(ents) > 0 {
+			lower = append(lower, upper)
+		}
+	}
+	for _, d := range lower {
+		if !filepath.IsAbs(d) {
+			return nil, fmt.Errorf("overlay layer %q: not an absolute path: %w", d, errdefs.ErrInvalidArgument)
+		}
+	}
+	if len(lower) > maxLayers {
+		return nil, fmt.Errorf("rootfs of %d layers, more than the %d a sandbox attaches: %w", len(lower), maxLayers, errdefs.ErrNotImplemented)
+	}
+	return lower, nil
 }
 
 // connect dials the agent until it answers Health or the dial timeout ends.

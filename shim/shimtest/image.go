@@ -79,7 +79,12 @@ func busyboxLayer() ([]byte, error) {
 	}
 	passwd := []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
 	group := []byte("root:x:0:\nnogroup:x:65534:\n")
-	for name, data := range map[string][]byte{"etc/passwd": passwd, "etc/group": group} {
+	motd := []byte("deleted by the release layer\n")
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{{"etc/passwd", passwd}, {"etc/group", group}, {"etc/motd", motd}} {
+		name, data := f.name, f.data
 		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(data)), ModTime: mtime}); err != nil {
 			return nil, err
 		}
@@ -93,37 +98,76 @@ func busyboxLayer() ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// releaseLayer is BusyboxImageName's second layer: a file, a whiteout of
+// a file the busybox layer has and an opaque directory, so that images of
+// several layers, and deletions across them, are what tests run.
+func releaseLayer() ([]byte, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	mtime := time.Unix(0, 0)
+	release := []byte("ID=cocoon-test\n")
+	for _, h := range []*tar.Header{
+		{Typeflag: tar.TypeReg, Name: "etc/os-release", Mode: 0o644, Size: int64(len(release)), ModTime: mtime},
+		{Typeflag: tar.TypeReg, Name: "etc/.wh.motd", Mode: 0o644, ModTime: mtime},
+		{Typeflag: tar.TypeReg, Name: "root/.wh..wh..opq", Mode: 0o644, ModTime: mtime},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			return nil, err
+		}
+		if h.Size > 0 {
+			if _, err := tw.Write(release); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
 // WriteBusyboxImage writes an OCI image layout tarball holding two images
-// built from the busybox layer: BusyboxImageName (sh) and PauseImageName
-// (sleeps until killed, standing in for the pause container).
+// built from the busybox layer: BusyboxImageName (sh, with a second layer
+// on top) and PauseImageName (sleeps until killed, standing in for the
+// pause container).
 func WriteBusyboxImage(path string) error {
 	layer, err := busyboxLayer()
 	if err != nil {
 		return err
 	}
-	layerSum := sha256.Sum256(layer)
+	release, err := releaseLayer()
+	if err != nil {
+		return err
+	}
 	lb := blob{"application/vnd.oci.image.layer.v1.tar", layer}
-	blobs := []blob{lb}
+	rb := blob{"application/vnd.oci.image.layer.v1.tar", release}
+	blobs := []blob{lb, rb}
 	var manifests []map[string]any
 	for _, img := range []struct {
-		name string
-		cmd  []string
+		name   string
+		cmd    []string
+		layers []blob
 	}{
-		{BusyboxImageName, []string{"/bin/sh"}},
-		{PauseImageName, []string{"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"}},
+		{BusyboxImageName, []string{"/bin/sh"}, []blob{lb, rb}},
+		{PauseImageName, []string{"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"}, []blob{lb}},
 	} {
+		var diffIDs, descs []any
+		for _, l := range img.layers {
+			diffIDs = append(diffIDs, l.digest()) // uncompressed: digest = diff_id
+			descs = append(descs, l.descriptor())
+		}
 		cfg, _ := json.Marshal(map[string]any{
 			"architecture": "amd64",
 			"os":           "linux",
 			"config":       map[string]any{"Cmd": img.cmd, "Env": []string{"PATH=/bin"}, "WorkingDir": "/"},
-			"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{"sha256:" + hex.EncodeToString(layerSum[:])}},
+			"rootfs":       map[string]any{"type": "layers", "diff_ids": diffIDs},
 		})
 		cb := blob{"application/vnd.oci.image.config.v1+json", cfg}
 		man, _ := json.Marshal(map[string]any{
 			"schemaVersion": 2,
 			"mediaType":     "application/vnd.oci.image.manifest.v1+json",
 			"config":        cb.descriptor(),
-			"layers":        []any{lb.descriptor()},
+			"layers":        descs,
 		})
 		mb := blob{"application/vnd.oci.image.manifest.v1+json", man}
 		blobs = append(blobs, cb, mb)

@@ -262,7 +262,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, toGRPC(fmt.Errorf("create %s: %w", r.ID, err))
 	}
 	if role.IsSandbox {
-		if err := s.startSandbox(ctx, role.SandboxID, r.Bundle, c.rootfs, spec, r.Options); err != nil {
+		if err := s.startSandbox(ctx, role.SandboxID, r.Bundle, c.rootfs, toMounts(r.Rootfs), spec, r.Options); err != nil {
 			return nil, toGRPC(fmt.Errorf("create %s: %w", r.ID, err))
 		}
 	}
@@ -296,16 +296,21 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	return &taskAPI.CreateTaskResponse{Pid: pid()}, nil
 }
 
+func toMounts(rootfs []*types.Mount) []mount.Mount {
+	var ms []mount.Mount
+	for _, m := range rootfs {
+		ms = append(ms, mount.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
+	}
+	return ms
+}
+
 // mountRootfs mounts the snapshot containerd handed over at <bundle>/rootfs.
 func (s *Service) mountRootfs(c *container, rootfs []*types.Mount) error {
 	c.rootfs = filepath.Join(c.bundle, "rootfs")
 	if len(rootfs) == 0 {
 		return nil
 	}
-	var ms []mount.Mount
-	for _, m := range rootfs {
-		ms = append(ms, mount.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
-	}
+	ms := toMounts(rootfs)
 	if err := os.MkdirAll(c.rootfs, 0o711); err != nil {
 		return fmt.Errorf("rootfs dir: %w", err)
 	}
@@ -316,7 +321,7 @@ func (s *Service) mountRootfs(c *container, rootfs []*types.Mount) error {
 	return nil
 }
 
-func (s *Service) startSandbox(ctx context.Context, id, bundle, rootfs string, spec *specs.Spec, opts *ptypes.Any) error {
+func (s *Service) startSandbox(ctx context.Context, id, bundle, rootfs string, rootfsMounts []mount.Mount, spec *specs.Spec, opts *ptypes.Any) error {
 	path, err := configPath(opts)
 	if err != nil {
 		return err
@@ -336,14 +341,15 @@ func (s *Service) startSandbox(ctx context.Context, id, bundle, rootfs string, s
 		return fmt.Errorf("record state dir: %w", err)
 	}
 	sb, err := sandbox.Start(ctx, sandbox.Options{
-		ID:          id,
-		Config:      cfg,
-		Launcher:    l,
-		Annotations: spec.Annotations,
-		Hostname:    spec.Hostname,
-		Logger:      s.log,
-		ContainerID: id,
-		Rootfs:      rootfs,
+		ID:           id,
+		Config:       cfg,
+		Launcher:     l,
+		Annotations:  spec.Annotations,
+		Hostname:     spec.Hostname,
+		Logger:       s.log,
+		ContainerID:  id,
+		Rootfs:       rootfs,
+		RootfsMounts: rootfsMounts,
 	})
 	if err != nil {
 		return err

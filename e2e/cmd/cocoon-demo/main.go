@@ -66,7 +66,7 @@ func run(ctx context.Context, bin string, keep bool) error {
 	}
 	defer cl.Close()
 	step("predicted MEASUREMENT (simulated SNP) %s", cl.Manifest.ReferenceValues.SimulatedMeasurement)
-	step("workload image: busybox as a dm-verity layer, root hash %s, named by the pod policy", cl.RootHash)
+	step("workload image: busybox, %d layers, each a dm-verity layer whose root hash the pod policy names (bottom first: %s)", len(cl.LayerHashes), strings.Join(cl.LayerHashes, ", "))
 	step("pod policy sha256 = HOST_DATA %x (that image only, no exec)", cl.HostData)
 	step("reference KBS on loopback: default/key/1 only for that MEASUREMENT and HOST_DATA, no debug")
 
