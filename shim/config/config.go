@@ -73,7 +73,20 @@ type Sandbox struct {
 	KernelParams string `toml:"kernel_params"`
 	// StateDir holds per-sandbox state (sockets, shared directory, logs).
 	StateDir string `toml:"state_dir"`
+	// ImagePull says where container images come from: "host" (default)
+	// gives the guest the rootfs containerd unpacked (a share, or verity
+	// layers); "guest" has the agent pull the image a container's
+	// io.kubernetes.cri.image-name annotation names, inside the guest.
+	// Containers without that annotation (the pause container) keep the
+	// host path.
+	ImagePull string `toml:"image_pull"`
 }
+
+// Image pull modes.
+const (
+	ImagePullHost  = "host"
+	ImagePullGuest = "guest"
+)
 
 // KBS tells the guest where to fetch secrets.
 type KBS struct {
@@ -187,6 +200,9 @@ func (c *Config) finish() error {
 			s.AgentDialTimeout.Duration = 90 * time.Second
 		}
 	}
+	if s.ImagePull == "" {
+		s.ImagePull = ImagePullHost
+	}
 	if s.SharedFS == "" {
 		switch {
 		case s.Launcher == LauncherProcess:
@@ -222,6 +238,11 @@ func (c Config) Validate() error {
 	case SharedFSVirtioFS, SharedFS9P, SharedFSNone:
 	default:
 		return bad("sandbox.shared_fs %q: want virtio-fs, 9p or none", s.SharedFS)
+	}
+	switch s.ImagePull {
+	case ImagePullHost, ImagePullGuest:
+	default:
+		return bad("sandbox.image_pull %q: want host or guest", s.ImagePull)
 	}
 	if s.Launcher == LauncherProcess && s.Confidential == ConfidentialSNP {
 		return bad("sandbox.confidential snp needs a VM launcher, not process")

@@ -85,6 +85,25 @@ url = "http://127.0.0.1:8080"
 				}
 			},
 		},
+		{
+			name: "image pull in the guest",
+			in:   "[sandbox]\nconfidential = \"simulated\"\nimage_pull = \"guest\"\n",
+			check: func(t *testing.T, c Config) {
+				if got, want := c.Sandbox.ImagePull, ImagePullGuest; got != want {
+					t.Errorf("image pull: got %q, want %q", got, want)
+				}
+			},
+		},
+		{
+			name: "image pull defaults to the host",
+			in:   "[sandbox]\n",
+			check: func(t *testing.T, c Config) {
+				if got, want := c.Sandbox.ImagePull, ImagePullHost; got != want {
+					t.Errorf("image pull: got %q, want %q", got, want)
+				}
+			},
+		},
+		{name: "bad image pull", in: "[sandbox]\nimage_pull = \"registry\"\n", wantErr: true},
 		{name: "unknown key", in: "[sandbox]\nlauncer = \"qemu\"\n", wantErr: true},
 		{name: "unknown launcher", in: "[sandbox]\nlauncher = \"firecracker\"\n", wantErr: true},
 		{name: "bad confidential", in: "[sandbox]\nconfidential = \"tdx\"\n", wantErr: true},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"google.golang.org/protobuf/proto"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/cocoon-containers/cocoon/agent/verity"
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
+	"github.com/cocoon-containers/cocoon/shim/config"
 	grpcerr "github.com/containerd/containerd/errdefs"
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -49,6 +51,9 @@ func (s *Sandbox) ContainerRequest(ctx context.Context, id, rootfs string, spec 
 	}()
 	ospec := toAgentSpec(spec)
 	constrainSpec(ospec)
+	if guestPulled(s.cfg, spec.Annotations) {
+		return s.guestPullRequest(ctx, id, ospec, spec.Annotations)
+	}
 	if s.sharedDir == "" {
 		return s.layerRequest(ctx, id, ospec)
 	}
@@ -279,6 +284,56 @@ func (s *Sandbox) unshareLocked(id string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CRI annotations a guest pull reads.
+const (
+	annImageName     = "io.kubernetes.cri.image-name"
+	annContainerName = "io.kubernetes.cri.container-name"
+	annContainerType = "io.kubernetes.cri.container-type"
+	maxImageRefLen   = 1024
+)
+
+// guestPulled tells whether a container with these annotations gets its
+// image from a pull in the guest.
+func guestPulled(cfg config.Config, ann map[string]string) bool {
+	return cfg.Sandbox.ImagePull == config.ImagePullGuest && ann[annImageName] != ""
+}
+
+// GuestPullRoot is where the guest pulls a container's image, as in the
+// Kata agent.
+func GuestPullRoot(id string) string { return path.Join("/run/kata-containers", id, "rootfs") }
+
+// guestPullRequest is the CreateContainer request of a container whose
+// image the agent pulls: one image_guest_pull storage naming the image
+// (the Kata runtime's shape), the rootfs where the agent unpacks it. The
+// host's copy of the image is not used.
+func (s *Sandbox) guestPullRequest(ctx context.Context, id string, ospec *agentpb.Spec, ann map[string]string) (*agentpb.CreateContainerRequest, error) {
+	ref := ann[annImageName]
+	if len(ref) > maxImageRefLen || strings.ContainsFunc(ref, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return nil, fmt.Errorf("container %s: image name %q: %w", id, ref, errdefs.ErrInvalidArgument)
+	}
+	meta := map[string]string{annImageName: ref}
+	for _, k := range []string{annContainerName, annContainerType} {
+		if v := ann[k]; v != "" {
+			meta[k] = v
+		}
+	}
+	info, err := json.Marshal(map[string]any{"metadata": meta})
+	if err != nil {
+		return nil, err
+	}
+	root := GuestPullRoot(id)
+	ospec.Root.Path = root
+	mounts, err := s.shareMounts(ctx, id, ospec.Mounts)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	ospec.Mounts = mounts
+	return &agentpb.CreateContainerRequest{ContainerId: id, ExecId: id, OCI: ospec, Storages: []*agentpb.Storage{{
+		Driver: "image_guest_pull", Source: ref, Fstype: "overlay", MountPoint: root,
+		DriverOptions: []string{"image_guest_pull=" + string(info)},
+	}}}, nil
 }
 
 // layerRequest is the CreateContainer request of a sandbox that shares

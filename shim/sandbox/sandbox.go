@@ -212,7 +212,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 			return nil, fmt.Errorf("start sandbox %s: shared dir: %w", opts.ID, err)
 		}
 		spec.SharedDir = s.sharedDir
-		if opts.Rootfs != "" {
+		if opts.Rootfs != "" && !guestPulled(opts.Config, opts.Annotations) {
 			if err := ValidID(opts.ContainerID); err != nil {
 				return nil, fmt.Errorf("start sandbox %s: %w", opts.ID, err)
 			}
@@ -221,7 +221,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 			}
 		}
 	}
-	if s.sharedDir == "" && opts.Rootfs != "" {
+	if s.sharedDir == "" && opts.Rootfs != "" && !guestPulled(opts.Config, opts.Annotations) {
 		// Nothing is shared with the guest: the container's rootfs
 		// travels as an erofs image under dm-verity, whose root hash the
 		// CreateContainer request carries for the policy to check.

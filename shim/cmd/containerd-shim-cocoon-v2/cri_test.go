@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cocoon-containers/cocoon/image/imagetest"
 	"github.com/cocoon-containers/cocoon/shim/shimtest"
 )
 
@@ -27,7 +28,10 @@ func crictlPath(t *testing.T) string {
 }
 
 // TestCRI runs a pod through containerd's CRI plugin with crictl and the
-// runtime handler cocoon: runp, create, start, logs, exec, stop, rm.
+// runtime handler cocoon: runp, create, start, logs, exec, stop, rm. A
+// second pod, with the handler cocoon-guest-pull, keeps the pause
+// container on the host path and has the agent pull the app container's
+// image, which CRI names in the container's annotations.
 func TestCRI(t *testing.T) {
 	shimtest.RequireRoot(t)
 	if cd == nil {
@@ -58,7 +62,11 @@ func TestCRI(t *testing.T) {
     pod_annotations = ["io.katacontainers.*"]
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon.options]
       ConfigPath = %q
-`, shimtest.PauseImageName, filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf"), configPath)}
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon-guest-pull]
+    runtime_type = "io.containerd.cocoon.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon-guest-pull.options]
+      ConfigPath = %q
+`, shimtest.PauseImageName, filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf"), configPath, guestPullConfig(t, dir))}
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -136,6 +144,61 @@ func TestCRI(t *testing.T) {
 	if left := processesUnder(filepath.Join(sandboxesDir, podID[:16])); len(left) != 0 {
 		t.Errorf("processes left: %v", left)
 	}
+
+	reg := imagetest.NewRegistry(t)
+	ref := reg.Ref("apps/check:1")
+	imagetest.Push(t, ref, imagetest.AppImage(t))
+	if out, err := exec.CommandContext(ctx, "ctr", "--address", c.Address, "--namespace", "k8s.io", "images", "pull", "--plain-http", ref).CombinedOutput(); err != nil {
+		t.Fatalf("host pull into k8s.io: %v: %s", err, out)
+	}
+	gctr := write("guest-ctr.json", map[string]any{
+		"metadata": map[string]any{"name": "pulled"},
+		"image":    map[string]any{"image": ref},
+		"command":  []string{"sh", "-c", imagetest.AppScript + "; exec sleep 1000"},
+		"log_path": "pulled.log",
+	})
+	gpod := write("guest-pod.json", map[string]any{
+		"metadata":      map[string]any{"name": "guest-pull-pod", "namespace": "default", "uid": "guest-pull-uid", "attempt": 0},
+		"log_directory": filepath.Join(dir, "logs"),
+		"linux": map[string]any{"security_context": map[string]any{
+			"namespace_options": map[string]any{"network": 2},
+		}},
+	})
+	gets := reg.BlobGets.Load()
+	gpodID := run("runp", "--runtime", "cocoon-guest-pull", gpod)
+	defer func() {
+		exec.Command(crictl, "--runtime-endpoint", "unix://"+c.Address, "stopp", gpodID).Run()
+		exec.Command(crictl, "--runtime-endpoint", "unix://"+c.Address, "rmp", gpodID).Run()
+	}()
+	gctrID := run("create", gpodID, gctr, gpod)
+	run("start", gctrID)
+	for !strings.Contains(run("logs", gctrID), "hardlink-ok") {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := run("logs", gctrID); got+"\n" != imagetest.AppOutput {
+		t.Errorf("guest-pulled container logs %q, want %q", got, imagetest.AppOutput)
+	}
+	if n := reg.BlobGets.Load() - gets; n < 3 {
+		t.Errorf("%d blobs fetched for the pod: the guest did not pull the image", n)
+	}
+	run("stop", gctrID)
+	run("rm", gctrID)
+	run("stopp", gpodID)
+	run("rmp", gpodID)
+}
+
+// guestPullConfig is the harness's process-launcher configuration with
+// image_pull = "guest".
+func guestPullConfig(t *testing.T, dir string) string {
+	base, err := os.ReadFile(configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "guest-pull.toml")
+	if err := os.WriteFile(p, append(base, []byte("image_pull = \"guest\"\n")...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // grepLog returns the log lines holding any of words (at most 60).

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
+	"github.com/cocoon-containers/cocoon/image/imagetest"
 	"github.com/cocoon-containers/cocoon/rootfs"
 	"github.com/cocoon-containers/cocoon/shim/shimtest"
 )
@@ -168,6 +169,63 @@ func TestQEMU(t *testing.T) {
 		t.Errorf("output %q", out)
 	}
 	if left := processesUnder(filepath.Join(dir, "sandboxes")); len(left) != 0 {
+		t.Errorf("processes left: %v", left)
+	}
+}
+
+// TestGuestPull: with image_pull = "guest", the agent pulls the image the
+// container's CRI image-name annotation names from the registry itself
+// (here the process launcher's agent reaches a loopback registry), the
+// container runs from that pull, and the pod policy sees the guest-pull
+// storage: a policy that pins another image refuses the container.
+func TestGuestPull(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	reg := imagetest.NewRegistry(t)
+	ref := reg.Ref("apps/check:1")
+	imagetest.Push(t, ref, imagetest.AppImage(t))
+	if _, _, err := c.Ctr(ctx, "images", "pull", "--plain-http", ref); err != nil {
+		t.Fatalf("host pull: %v", err)
+	}
+	defer c.Ctr(ctx, "images", "rm", ref)
+	base, err := os.ReadFile(configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "guest-pull.toml")
+	if err := os.WriteFile(cfg, append(base, []byte("image_pull = \"guest\"\n")...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(id string, extra ...string) (string, error) {
+		args := append([]string{"run", "--rm", "--runtime", runtimeName, "--runtime-config-path", cfg,
+			"--annotation", "io.kubernetes.cri.image-name=" + ref}, extra...)
+		out, _, err := c.Ctr(ctx, append(args, ref, id, "sh", "-c", imagetest.AppScript)...)
+		return out, err
+	}
+	before := reg.BlobGets.Load()
+	out, err := run("gp1")
+	if err != nil {
+		t.Fatalf("guest-pulled container: %v\n%s", err, c.LogTail())
+	}
+	if out != imagetest.AppOutput {
+		t.Errorf("output %q, want %q", out, imagetest.AppOutput)
+	}
+	if n := reg.BlobGets.Load() - before; n < 3 {
+		t.Errorf("%d blobs fetched while the container started: the guest did not pull the image's three layers", n)
+	}
+
+	pinOther := strings.Replace(string(rootfs.AllowAllPolicy()), "default CreateContainerRequest := true", "default CreateContainerRequest := false", 1) + `
+CreateContainerRequest {
+	s := input.storages[_]
+	s.driver == "image_guest_pull"
+	s.source == "registry.example/apps/check@sha256:` + strings.Repeat("0", 64) + `"
+}
+`
+	_, err = run("gp2", "--annotation", "io.katacontainers.config.agent.policy="+base64.StdEncoding.EncodeToString([]byte(pinOther)))
+	if err == nil || !strings.Contains(err.Error(), "CreateContainerRequest is blocked by policy") {
+		t.Errorf("policy pinning another image: %v", err)
+	}
+	if left := processesUnder(sandboxesDir); len(left) != 0 {
 		t.Errorf("processes left: %v", left)
 	}
 }
