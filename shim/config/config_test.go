@@ -167,3 +167,19 @@ func TestLoad(t *testing.T) {
 		t.Errorf("resolve: got %q, want %q", got, want)
 	}
 }
+
+// TestDeployedConfiguration: the configuration the installer puts on
+// nodes is one the shim accepts.
+func TestDeployedConfiguration(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/configuration.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		t.Fatalf("deploy/configuration.toml: %v", err)
+	}
+	if c.Sandbox.Confidential == ConfidentialNone {
+		t.Error("the deployed configuration runs pods that are not confidential")
+	}
+}
