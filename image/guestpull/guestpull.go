@@ -209,6 +209,9 @@ func (s *Service) PullImage(ctx context.Context, image, dest string) error {
 		o.Verifier = pol
 	}
 	res, err := pull.Pull(ctx, image, dest, o)
+	if errors.Is(err, pull.ErrEncryptedLayer) {
+		return fmt.Errorf("%w: the keys of encrypted layers come from the KBS after attestation, and this guest has no KBS (cocoon.kbs_url or the initdata's cdh.toml) or no attestation", err)
+	}
 	if err != nil {
 		return err
 	}

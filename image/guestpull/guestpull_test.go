@@ -17,8 +17,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
 	"github.com/cocoon-containers/cocoon/attestation/simulated"
 	"github.com/cocoon-containers/cocoon/image/imagetest"
+	"github.com/cocoon-containers/cocoon/image/pull"
 	"github.com/cocoon-containers/cocoon/kbs-client/client"
 	"github.com/cocoon-containers/cocoon/kbs-client/kbstest"
 	"github.com/cocoon-containers/cocoon/kbs-client/server"
@@ -238,3 +242,25 @@ func (c *countingKBS) GetResource(ctx context.Context, path string) ([]byte, err
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestEncryptedWithoutKBS: an encrypted layer in a guest that cannot
+// attest is refused before anything is unpacked, saying where keys come
+// from.
+func TestEncryptedWithoutKBS(t *testing.T) {
+	reg := imagetest.NewRegistry(t)
+	l := imagetest.Layer(t, imagetest.Entry{Name: "a", Body: "secret app"})
+	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: l, MediaType: "application/vnd.oci.image.layer.v1.tar+gzip+encrypted"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	imagetest.Push(t, reg.Ref("enc:1"), img)
+	s, _ := newService(t, Config{})
+	dest := filepath.Join(t.TempDir(), "r")
+	err = s.PullImage(context.Background(), reg.Ref("enc:1"), dest)
+	if !errors.Is(err, pull.ErrEncryptedLayer) || !strings.Contains(err.Error(), "come from the KBS after attestation") {
+		t.Fatalf("encrypted image without a KBS: %v", err)
+	}
+	if _, err := os.Stat(dest); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("left %s", dest)
+	}
+}
