@@ -13,6 +13,7 @@ import (
 	"github.com/cocoon-containers/cocoon/agent/config"
 	"github.com/cocoon-containers/cocoon/agent/policy"
 	"github.com/cocoon-containers/cocoon/attestation"
+	"github.com/cocoon-containers/cocoon/image/decrypt"
 	"github.com/cocoon-containers/cocoon/image/guestpull"
 	"github.com/cocoon-containers/cocoon/kbs-client/client"
 	"github.com/cocoon-containers/cocoon/kbs-client/endpoint"
@@ -164,6 +165,8 @@ func imageService(cfg config.Config, id *policy.Initdata, kbs *client.Client, lo
 	}
 	if kbs != nil {
 		gc.KBS = kbs
+		// Encrypted layers: their keys are KBS resources too.
+		gc.Decrypter = decrypt.New(kbs)
 	}
 	return guestpull.New(gc)
 }
