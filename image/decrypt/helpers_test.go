@@ -8,6 +8,7 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
@@ -19,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,7 +45,21 @@ const skopeo = "/usr/bin/skopeo"
 var files = map[string]string{
 	"etc/app.conf":       "mode = confidential\n",
 	"srv/data/hello.txt": "hello from an encrypted layer\n",
-	"srv/data/second":    strings.Repeat("0123456789abcdef", 4096), // spans several cipher reads
+	"srv/data/second":    strings.Repeat("0123456789abcdef", 4096),
+	// Incompressible, so that the encrypted layer is larger than the
+	// block cipher's 10 KiB read-ahead.
+	"srv/data/noise": noise(200 << 10),
+}
+
+// noise is n fixed bytes that gzip cannot shrink.
+func noise(n int) string {
+	var b []byte
+	sum := sha256.Sum256([]byte("noise"))
+	for len(b) < n {
+		b = append(b, sum[:]...)
+		sum = sha256.Sum256(sum[:])
+	}
+	return string(b[:n])
 }
 
 // plainImage is two gzip layers holding files.
@@ -58,6 +74,7 @@ func plainImage(t *testing.T) v1.Image {
 			imagetest.Entry{Name: "srv/data/", Type: tar.TypeDir},
 			imagetest.Entry{Name: "srv/data/hello.txt", Body: files["srv/data/hello.txt"]},
 			imagetest.Entry{Name: "srv/data/second", Body: files["srv/data/second"]},
+			imagetest.Entry{Name: "srv/data/noise", Body: files["srv/data/noise"]},
 		),
 	)
 }
@@ -442,3 +459,5 @@ func noSecret(t *testing.T, s string, keys ...[]byte) {
 		}
 	}
 }
+
+func runtimeGosched() { runtime.Gosched() }
