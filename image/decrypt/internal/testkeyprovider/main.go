@@ -119,7 +119,7 @@ func parseParam(s string) (kid, keyPath string, err error) {
 		}
 	}
 	if kid == "" || keyPath == "" {
-		return "", "", errors.New("parameter needs keyid=...::keypath=...")
+		return "", "", errors.New("parameter needs both keyid= and keypath=")
 	}
 	return kid, keyPath, nil
 }
