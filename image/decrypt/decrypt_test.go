@@ -599,3 +599,29 @@ func TestSourceErrorPassedThrough(t *testing.T) {
 		t.Errorf("error %v, want the reader's under reading ciphertext", err)
 	}
 }
+
+// TestPullRefusesTamperedLayerWithMatchingManifest: someone who controls
+// the registry but not the key flips a ciphertext byte and points the
+// manifest at the altered blob, so every registry digest matches. The
+// HMAC check refuses the layer (the block cipher holds back the last
+// 10 KiB of plaintext until the check, and the flip is in there) and no
+// rootfs appears.
+func TestPullRefusesTamperedLayerWithMatchingManifest(t *testing.T) {
+	key := newKey(t)
+	e := encryptWithSkopeo(t, kid1, key)
+	l := e.Manifest.Layers[1]
+	blob := e.blob(t, l.Digest)
+	tampered := bytes.Clone(blob)
+	tampered[len(tampered)-100] ^= 0x04
+	e.replaceLayer(t, 1, tampered)
+
+	rootfs := filepath.Join(t.TempDir(), "rootfs")
+	_, err := pull.Pull(context.Background(), e.Ref, rootfs, pullOpts(decrypt.New(newFetcher(path1, key))))
+	if err == nil {
+		t.Fatal("pulled a layer whose ciphertext was altered")
+	}
+	if !strings.Contains(err.Error(), "ciphertext authentication failed (HMAC mismatch)") {
+		t.Errorf("error %q", err)
+	}
+	noRootfs(t, rootfs)
+}

@@ -31,6 +31,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/cocoon-containers/cocoon/image/decrypt"
@@ -461,3 +462,39 @@ func noSecret(t *testing.T, s string, keys ...[]byte) {
 }
 
 func runtimeGosched() { runtime.Gosched() }
+
+// replaceLayer uploads blob and points layer i of enc:v1's manifest at it,
+// keeping its media type and annotations.
+func (e *encrypted) replaceLayer(t *testing.T, i int, blob []byte) {
+	t.Helper()
+	ref, err := name.ParseReference(e.Ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt := e.Manifest.Layers[i].MediaType
+	if err := remote.WriteLayer(ref.Context(), static.NewLayer(blob, mt)); err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Get(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(blob)
+	lm := m["layers"].([]any)[i].(map[string]any)
+	lm["digest"] = "sha256:" + hex.EncodeToString(sum[:])
+	lm["size"] = len(blob)
+	raw, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Put(ref, rawManifest{raw, desc.MediaType}); err != nil {
+		t.Fatal(err)
+	}
+	if e.Manifest, err = v1.ParseManifest(bytes.NewReader(raw)); err != nil {
+		t.Fatal(err)
+	}
+}
