@@ -7,18 +7,14 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -26,15 +22,11 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/containers/ocicrypt/config"
-	"github.com/containers/ocicrypt/keywrap/jwe"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/cocoon-containers/cocoon/image/decrypt"
 	"github.com/cocoon-containers/cocoon/image/imagetest"
 	"github.com/cocoon-containers/cocoon/image/pull"
 	"github.com/cocoon-containers/cocoon/image/unpack"
@@ -80,38 +72,12 @@ func plainImage(t *testing.T) v1.Image {
 	)
 }
 
-var (
-	providerOnce sync.Once
-	providerPath string
-	providerErr  error
-)
-
-// keyProvider builds internal/testkeyprovider once per test binary.
-func keyProvider(t *testing.T) string {
-	t.Helper()
-	providerOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "decrypt-test-keyprovider-")
-		if err != nil {
-			providerErr = err
-			return
-		}
-		providerPath = filepath.Join(dir, "testkeyprovider")
-		out, err := exec.Command("go", "build", "-o", providerPath, "./internal/testkeyprovider").CombinedOutput()
-		if err != nil {
-			providerErr = fmt.Errorf("go build testkeyprovider: %v\n%s", err, out)
-		}
-	})
-	if providerErr != nil {
-		t.Fatal(providerErr)
-	}
-	return providerPath
-}
+// keyProvider is the test key provider binary.
+func keyProvider(t *testing.T) string { return imagetest.KeyProvider(t) }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if providerPath != "" {
-		os.RemoveAll(filepath.Dir(providerPath))
-	}
+	imagetest.RemoveBuilt()
 	os.Exit(code)
 }
 
@@ -134,156 +100,17 @@ type encrypted struct {
 	Manifest *v1.Manifest
 }
 
-// The key provider annotation skopeo leaves for a jwe: recipient.
-const annotationJWE = "org.opencontainers.image.enc.keys.jwe"
-
 // encryptWithSkopeo pushes plainImage, then has skopeo encrypt every layer
-// of it into enc:v1, and gives the layers attestation-agent packets for
-// kid wrapped under key.
-//
-// Debian's skopeo 1.9.3 is built with ocicrypt 1.0.3, which predates key
-// providers ("provider:..." is refused as an unknown protocol). So skopeo
-// encrypts for a JWE recipient whose private key the test holds; the test
-// then does what coco-keyprovider does inside a newer skopeo: it hands the
-// layer's private options (unwrapped from the JWE) to the key provider
-// over ocicrypt's keywrap protocol and puts the packet it returns in the
-// layer's attestation-agent annotation, in place of the JWE one. Layer
-// blobs, media types and public options stay as skopeo wrote them.
+// of it into enc:v1 with attestation-agent packets for kid wrapped under
+// key (see imagetest.EncryptForKBS).
 func encryptWithSkopeo(t *testing.T, kid string, key []byte) *encrypted {
 	t.Helper()
-	if _, err := os.Stat(skopeo); err != nil {
-		t.Fatalf("skopeo is needed (Debian package skopeo, make deps): %v", err)
-	}
 	reg := imagetest.NewRegistry(t)
 	img := plainImage(t)
 	imagetest.Push(t, reg.Ref("plain:v1"), img)
-
-	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "kek")
-	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubDER, err := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pubFile := filepath.Join(dir, "recipient.pub.pem")
-	if err := os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	privPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)})
-	policy := filepath.Join(dir, "policy.json")
-	if err := os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(skopeo, "--policy", policy, "copy",
-		"--src-tls-verify=false", "--dest-tls-verify=false",
-		"--format", "oci",
-		"--encryption-key", "jwe:"+pubFile,
-		"docker://"+reg.Ref("plain:v1"), "docker://"+reg.Ref("enc:v1"))
-	cmd.Env = append(os.Environ(), "HOME="+dir)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("skopeo copy: %v\n%s", err, out)
-	}
-
-	ref, err := name.ParseReference(reg.Ref("enc:v1"), name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	desc, err := remote.Get(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
-		t.Fatal(err)
-	}
-	layers, _ := m["layers"].([]any)
-	if len(layers) == 0 {
-		t.Fatalf("skopeo wrote a manifest without layers: %s", desc.Manifest)
-	}
-	for i, l := range layers {
-		lm := l.(map[string]any)
-		anns, _ := lm["annotations"].(map[string]any)
-		jweAnn, _ := anns[annotationJWE].(string)
-		if jweAnn == "" {
-			t.Fatalf("skopeo left layer %d without %s: %v", i, annotationJWE, anns)
-		}
-		jweBytes, err := base64.StdEncoding.DecodeString(jweAnn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		optsData, err := jwe.NewKeyWrapper().UnwrapKey(&config.DecryptConfig{Parameters: map[string][][]byte{
-			"privkeys": {privPEM}, "privkeys-passwords": {nil},
-		}}, jweBytes)
-		if err != nil {
-			t.Fatalf("layer %d: opening skopeo's JWE: %v", i, err)
-		}
-		delete(anns, annotationJWE)
-		anns[decrypt.AnnotationKeyProvider] = base64.StdEncoding.EncodeToString(providerWrap(t, kid, keyFile, optsData))
-	}
-	raw, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Put(ref, rawManifest{raw, types.MediaType(desc.MediaType)}); err != nil {
-		t.Fatal(err)
-	}
-	mf, err := v1.ParseManifest(bytes.NewReader(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
+	mf := imagetest.EncryptForKBS(t, reg, reg.Ref("plain:v1"), reg.Ref("enc:v1"), kid, key)
 	return &encrypted{Reg: reg, Ref: reg.Ref("enc:v1"), Kid: kid, Key: key, Plain: img, Manifest: mf}
 }
-
-// providerWrap runs the key provider as ocicrypt does for "keywrap" and
-// returns its annotation (the JSON packet).
-func providerWrap(t *testing.T, kid, keyFile string, optsData []byte) []byte {
-	t.Helper()
-	req, err := json.Marshal(map[string]any{
-		"op": "keywrap",
-		"keywrapparams": map[string]any{
-			"ec":       config.EncryptConfig{Parameters: map[string][][]byte{"attestation-agent": {[]byte("keyid=" + kid + "::keypath=" + keyFile)}}},
-			"optsdata": optsData,
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(keyProvider(t))
-	cmd.Stdin = bytes.NewReader(req)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("key provider: %v: %s", err, stderr.String())
-	}
-	var resp struct {
-		KeyWrapResults struct {
-			Annotation []byte `json:"annotation"`
-		} `json:"keywrapresults"`
-	}
-	if err := json.Unmarshal(out, &resp); err != nil {
-		t.Fatal(err)
-	}
-	if len(resp.KeyWrapResults.Annotation) == 0 {
-		t.Fatalf("key provider answered without an annotation: %s", out)
-	}
-	return resp.KeyWrapResults.Annotation
-}
-
-// rawManifest lets remote.Put write manifest bytes as they are.
-type rawManifest struct {
-	b  []byte
-	mt types.MediaType
-}
-
-func (r rawManifest) RawManifest() ([]byte, error)        { return r.b, nil }
-func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
 
 // blob fetches a blob of the encrypted image from the registry.
 func (e *encrypted) blob(t *testing.T, d v1.Hash) []byte {
@@ -491,7 +318,7 @@ func (e *encrypted) replaceLayer(t *testing.T, i int, blob []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Put(ref, rawManifest{raw, desc.MediaType}); err != nil {
+	if err := remote.Put(ref, imagetest.RawManifest{B: raw, MT: desc.MediaType}); err != nil {
 		t.Fatal(err)
 	}
 	if e.Manifest, err = v1.ParseManifest(bytes.NewReader(raw)); err != nil {
