@@ -285,13 +285,18 @@ func applyCached(ctx context.Context, cache *Cache, l v1.Descriptor, diffID v1.H
 	}
 	defer f.Close()
 	var blob io.Reader = f
+	var decrypted io.ReadCloser
 	if isEncrypted(string(l.MediaType)) {
 		rc, err := o.Decrypter.Decrypt(ctx, l, f)
 		if err != nil {
 			return fmt.Errorf("decrypt: %w", err)
 		}
-		defer rc.Close()
-		blob = rc
+		defer func() {
+			if decrypted != nil {
+				decrypted.Close()
+			}
+		}()
+		decrypted, blob = rc, rc
 	}
 	plain, closeFn, err := decompress(blob)
 	if err != nil {
@@ -309,6 +314,15 @@ func applyCached(ctx context.Context, cache *Cache, l v1.Descriptor, diffID v1.H
 	}
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != diffID.String() {
 		return fmt.Errorf("uncompressed content: %w", &DigestMismatchError{Want: diffID.String(), Got: got})
+	}
+	if decrypted != nil {
+		// A decompressor may stop before the ciphertext's end; Close
+		// checks what it left unread (the decrypter's HMAC and digest).
+		err := decrypted.Close()
+		decrypted = nil
+		if err != nil {
+			return fmt.Errorf("decrypt: %w", err)
+		}
 	}
 	return nil
 }

@@ -296,7 +296,17 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 
 // xorDecrypter stands in for an ocicrypt + KBS key getter: the "encrypted"
 // blob is the gzip layer XORed with a one-byte key.
-type xorDecrypter struct{ seen []string }
+type xorDecrypter struct {
+	seen     []string
+	closeErr error // what Close reports: a late authentication failure
+}
+
+type closeErrReader struct {
+	io.Reader
+	err error
+}
+
+func (c closeErrReader) Close() error { return c.err }
 
 func (x *xorDecrypter) Decrypt(_ context.Context, l v1.Descriptor, r io.Reader) (io.ReadCloser, error) {
 	x.seen = append(x.seen, l.Annotations["org.opencontainers.image.enc.keys.provider.attestation-agent"])
@@ -307,7 +317,7 @@ func (x *xorDecrypter) Decrypt(_ context.Context, l v1.Descriptor, r io.Reader) 
 	for i := range b {
 		b[i] ^= 0x5a
 	}
-	return io.NopCloser(bytes.NewReader(b)), nil
+	return closeErrReader{bytes.NewReader(b), x.closeErr}, nil
 }
 
 func TestEncryptedLayerDecrypterHook(t *testing.T) {
@@ -351,5 +361,15 @@ func TestEncryptedLayerDecrypterHook(t *testing.T) {
 	}
 	if len(dec.seen) != 1 || dec.seen[0] != "e30=" {
 		t.Fatalf("decrypter saw annotations %q", dec.seen)
+	}
+	// A failure the decrypter reports only at Close (what it checks after
+	// the decompressor stopped reading) fails the pull.
+	o.Decrypter = &xorDecrypter{closeErr: errors.New("authentication failed")}
+	late := filepath.Join(t.TempDir(), "r")
+	if _, err := Pull(context.Background(), reg.Ref("enc:1"), late, o); err == nil || !strings.Contains(err.Error(), "decrypt: authentication failed") {
+		t.Fatalf("error at Close: %v", err)
+	}
+	if _, err := os.Stat(late); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("left %s", late)
 	}
 }
