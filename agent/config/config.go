@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -81,7 +82,14 @@ type Config struct {
 	// ImageInsecureRegistries may be reached over plain HTTP by guest
 	// pulls (comma-separated host[:port] list).
 	ImageInsecureRegistries []string
+	// EndpointAddr is where the workload endpoint listens (a loopback
+	// ip:port; default 127.0.0.1:8006); "off" serves none while the KBS
+	// still backs guest pulls (an agent sharing a host's network).
+	EndpointAddr string
 }
+
+// EndpointOff in EndpointAddr disables the workload endpoint.
+const EndpointOff = "off"
 
 // VerityRootfs describes the verity-protected image: data on /dev/vda, the
 // veritysetup-format hash tree on /dev/vdb.
@@ -99,7 +107,7 @@ const DefaultPolicyFile = "/etc/cocoon/default-policy.rego"
 // COCOON_<KEY> (COCOON_AGENT_SERVER_ADDR and KATA_AGENT_SERVER_ADDR for
 // the address).
 var envKeys = []string{"log", "attestation", "sim_host_data", "sim_measurement", "kbs_url",
-	"run_dir", "cgroup_parent", "default_policy", "image_policy", "image_registry_auth", "image_insecure_registries"}
+	"run_dir", "cgroup_parent", "default_policy", "image_policy", "image_registry_auth", "image_insecure_registries", "endpoint_addr"}
 
 // Default returns the configuration used when nothing overrides it.
 func Default() Config {
@@ -129,6 +137,7 @@ type fileConfig struct {
 	ImagePolicy    *string `toml:"image_policy"`
 	ImageAuth      *string `toml:"image_registry_auth"`
 	ImageInsecure  *string `toml:"image_insecure_registries"`
+	EndpointAddr   *string `toml:"endpoint_addr"`
 }
 
 // Sources holds the raw inputs Parse combines.
@@ -216,6 +225,7 @@ func Parse(src Sources) (Config, error) {
 		set("image_policy", fc.ImagePolicy)
 		set("image_registry_auth", fc.ImageAuth)
 		set("image_insecure_registries", fc.ImageInsecure)
+		set("endpoint_addr", fc.EndpointAddr)
 		debugConsole = fc.DebugConsole
 	}
 
@@ -365,6 +375,14 @@ func (c *Config) apply(key, v string) error {
 		} else {
 			c.ImageRegistryAuth = v
 		}
+	case "endpoint_addr":
+		if v != EndpointOff {
+			ap, err := netip.ParseAddrPort(v)
+			if err != nil || !ap.Addr().IsLoopback() {
+				return bad("want a loopback ip:port, or off")
+			}
+		}
+		c.EndpointAddr = v
 	case "image_insecure_registries":
 		c.ImageInsecureRegistries = nil
 		for _, r := range strings.Split(v, ",") {

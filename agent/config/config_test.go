@@ -231,3 +231,15 @@ func TestImageKeys(t *testing.T) {
 		}
 	}
 }
+
+func TestEndpointAddr(t *testing.T) {
+	for v, ok := range map[string]bool{"off": true, "127.0.0.1:9006": true, "[::1]:8006": true, "0.0.0.0:8006": false, "10.0.2.15:8006": false, "8006": false} {
+		cfg, err := Parse(Sources{Cmdline: "cocoon.endpoint_addr=" + v})
+		if ok && (err != nil || cfg.EndpointAddr != v) {
+			t.Errorf("%q: %v, %q", v, err, cfg.EndpointAddr)
+		}
+		if !ok && err == nil {
+			t.Errorf("%q accepted", v)
+		}
+	}
+}

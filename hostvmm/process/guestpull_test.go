@@ -2,6 +2,9 @@ package process
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -18,6 +21,8 @@ import (
 	"github.com/cocoon-containers/cocoon/hostvmm"
 	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
 	"github.com/cocoon-containers/cocoon/image/imagetest"
+	"github.com/cocoon-containers/cocoon/kbs-client/kbstest"
+	"github.com/cocoon-containers/cocoon/kbs-client/server"
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 )
 
@@ -39,7 +44,9 @@ func realAgent(t *testing.T) string {
 		}
 		agentBinDir = dir
 		agentBin = filepath.Join(dir, "cocoon-agent")
-		out, err := exec.Command("go", "build", "-o", agentBin, "github.com/cocoon-containers/cocoon/agent/cmd/cocoon-agent").CombinedOutput()
+		// With the simulated SNP provider, so that it can attest to the
+		// reference KBS.
+		out, err := exec.Command("go", "build", "-tags", "simulated", "-o", agentBin, "github.com/cocoon-containers/cocoon/agent/cmd/cocoon-agent").CombinedOutput()
 		if err != nil {
 			agentBinErr = fmt.Errorf("build cocoon-agent: %v\n%s", err, out)
 		}
@@ -172,5 +179,145 @@ func TestGuestPullRealAgent(t *testing.T) {
 	}
 	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("state dir after cleanup: %v", err)
+	}
+}
+
+// pulledAgent starts the real agent under the process launcher with env
+// (and a test cgroup) and returns its API with a sandbox created, and its
+// log.
+func pulledAgent(t *testing.T, id string, env ...string) (agentpb.AgentServiceService, func() string) {
+	t.Helper()
+	dir := t.TempDir()
+	cgroup := fmt.Sprintf("/cocoon-hostvmm-%s-%d", id, os.Getpid())
+	t.Cleanup(func() { removeCgroup(t, cgroup) })
+	conf := filepath.Join(dir, "agent.toml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("cgroup_parent = %q\nlog_level = \"debug\"\n", cgroup)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := &Launcher{StopTimeout: time.Minute, Env: append([]string{"COCOON_AGENT_CONFIG=" + conf}, env...)}
+	sb, err := l.Start(context.Background(), hostvmm.Config{ID: id, StateDir: filepath.Join(shortTempDir(t), "state"), AgentBinary: realAgent(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Cleanup() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	conn, err := sb.DialAgent(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	t.Cleanup(func() { client.Close() })
+	agent := agentpb.NewAgentServiceClient(client)
+	if _, err := agent.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{Hostname: "pod", SandboxId: id}); err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	return agent, func() string { b, _ := os.ReadFile(sb.ConsoleLog()); return string(b) }
+}
+
+// TestEncryptedImageRealAgent: an image whose layers skopeo encrypted, the
+// layer keys wrapped for the attestation-agent key provider under a key
+// only the reference KBS holds, runs in a container once the agent (with
+// simulated SNP evidence) has attested and fetched that key; the image
+// signature policy, from the KBS too, refuses a repository it rejects. A
+// guest whose evidence the KBS does not accept gets no key, and one that
+// cannot attest at all is told where keys come from; neither leaves a
+// rootfs. The key never reaches the agent's log.
+func TestEncryptedImageRealAgent(t *testing.T) {
+	vmtest.RequireRoot(t)
+	reg := imagetest.NewRegistry(t)
+	imagetest.Push(t, reg.Ref("apps/check:plain"), imagetest.AppImage(t))
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		t.Fatal(err)
+	}
+	const kid = "kbs:///default/image-key/1"
+	imagetest.EncryptForKBS(t, reg, reg.Ref("apps/check:plain"), reg.Ref("apps/check:enc"), kid, key)
+	imagetest.Push(t, reg.Ref("blocked/app:1"), imagetest.AppImage(t))
+
+	k := kbstest.Start(t, server.Config{})
+	for p, b := range map[string][]byte{
+		"default/image-key/1": key,
+		"default/security-policy/test": []byte(`{"default": [{"type": "insecureAcceptAnything"}],
+			"transports": {"docker": {"` + reg.Host + `/blocked": [{"type": "reject"}]}}}`),
+	} {
+		f := filepath.Join(k.Repo, filepath.FromSlash(p))
+		if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, m := kbstest.HostData(), kbstest.Measurement()
+	attesting := func(hostData [32]byte) []string {
+		return []string{"COCOON_ATTESTATION=simulated", "COCOON_KBS_URL=" + k.Srv.URL,
+			"COCOON_SIM_HOST_DATA=" + hex.EncodeToString(hostData[:]), "COCOON_SIM_MEASUREMENT=" + hex.EncodeToString(m[:]),
+			"COCOON_IMAGE_POLICY=kbs:///default/security-policy/test",
+			// The host's network is shared: no workload endpoint on it.
+			"COCOON_ENDPOINT_ADDR=off"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	pullReq := func(cid, image string, args ...string) *agentpb.CreateContainerRequest {
+		root := "/run/kata-containers/" + cid + "/rootfs"
+		return &agentpb.CreateContainerRequest{ContainerId: cid, ExecId: cid, OCI: agenttest.Spec(root, args...),
+			Storages: []*agentpb.Storage{{Driver: "image_guest_pull", Source: image, MountPoint: root}}}
+	}
+
+	agent, agentLog := pulledAgent(t, "enc-ok", attesting(h)...)
+	if _, err := agent.CreateContainer(ctx, pullReq("c1", reg.Ref("apps/check:enc"), "sh", "-c", imagetest.AppScript)); err != nil {
+		t.Fatalf("CreateContainer from the encrypted image: %v\n%s", err, agentLog())
+	}
+	if _, err := agent.StartContainer(ctx, &agentpb.StartContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	var out strings.Builder
+	for {
+		r, err := agent.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: "c1", ExecId: "c1", Len: 64 << 10})
+		if err != nil {
+			t.Fatalf("ReadStdout: %v", err)
+		}
+		if len(r.Data) == 0 {
+			break
+		}
+		out.Write(r.Data)
+	}
+	if out.String() != imagetest.AppOutput {
+		t.Errorf("encrypted image's container printed %q, want %q", out.String(), imagetest.AppOutput)
+	}
+	_, err := agent.CreateContainer(ctx, pullReq("c2", reg.Ref("blocked/app:1"), "true"))
+	if err == nil || !strings.Contains(err.Error(), "denied by signature policy") {
+		t.Errorf("image the policy rejects: %v", err)
+	}
+	if _, err := agent.RemoveContainer(ctx, &agentpb.RemoveContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatalf("RemoveContainer: %v", err)
+	}
+
+	var other [32]byte
+	other[0] = 0xff
+	denied, deniedLog := pulledAgent(t, "enc-denied", attesting(other)...)
+	_, err = denied.CreateContainer(ctx, pullReq("c3", reg.Ref("apps/check:enc"), "true"))
+	if err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("guest the KBS does not accept: %v, want the KBS's refusal", err)
+	}
+
+	plain, _ := pulledAgent(t, "enc-none", "COCOON_ENDPOINT_ADDR=off")
+	_, err = plain.CreateContainer(ctx, pullReq("c4", reg.Ref("apps/check:enc"), "true"))
+	if err == nil || !strings.Contains(err.Error(), "come from the KBS after attestation") {
+		t.Errorf("guest without attestation: %v", err)
+	}
+
+	for _, log := range []string{agentLog(), deniedLog()} {
+		for _, secret := range []string{hex.EncodeToString(key), base64.StdEncoding.EncodeToString(key), string(key)} {
+			if strings.Contains(log, secret) {
+				t.Fatalf("agent log holds the image key:\n%s", log)
+			}
+		}
+		for _, s := range k.Sensitive() {
+			if s != "" && strings.Contains(log, s) {
+				t.Fatalf("agent log holds %q from the KBS exchange", s)
+			}
+		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/cocoon-containers/cocoon/agent/agenttest"
 	"github.com/cocoon-containers/cocoon/hostvmm"
 	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
+	"github.com/cocoon-containers/cocoon/image/imagetest"
 	rootfspkg "github.com/cocoon-containers/cocoon/rootfs"
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 )
@@ -53,6 +54,7 @@ func TestMain(m *testing.M) {
 			os.RemoveAll(d)
 		}
 	}
+	imagetest.RemoveBuilt()
 	os.Exit(code)
 }
 

@@ -174,10 +174,11 @@ func imageService(cfg config.Config, id *policy.Initdata, kbs *client.Client, lo
 // startWorkloadEndpoint serves the CoCo-compatible endpoint on loopback
 // when a KBS is configured and the guest can attest. Initdata that arrives
 // later through SetPolicy does not reconfigure it.
-func startWorkloadEndpoint(ctx context.Context, o endpoint.Options, log *slog.Logger) {
-	if o.KBS == nil {
+func startWorkloadEndpoint(ctx context.Context, cfg config.Config, o endpoint.Options, log *slog.Logger) {
+	if o.KBS == nil || cfg.EndpointAddr == config.EndpointOff {
 		return
 	}
+	o.Addr = cfg.EndpointAddr
 	go func() {
 		if err := endpoint.Run(ctx, o); err != nil {
 			log.ErrorContext(ctx, "workload endpoint stopped", "error", err)

@@ -177,7 +177,7 @@ func run(ctx context.Context) error {
 	if pid1 {
 		startDebugConsole(ctx, cfg, log)
 	}
-	startWorkloadEndpoint(ctx, kbs, log)
+	startWorkloadEndpoint(ctx, cfg, kbs, log)
 	if err := removeStaleSocket(cfg.ServerAddr); err != nil {
 		return err
 	}
