@@ -89,8 +89,9 @@ func LayerImageFromTar(ctx context.Context, r io.Reader, out string) (*LayerImag
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	// Layers come from registries: devices only as whiteouts.
-	if err := unpack.Layer(dir, r, unpack.Options{OverlayWhiteouts: true}); err != nil {
+	// Device nodes are kept, as containerd keeps them, so the root hash
+	// matches its snapshot; the guest mounts container roots nodev.
+	if err := unpack.Layer(dir, r, unpack.Options{OverlayWhiteouts: true, AllowDevices: true}); err != nil {
 		return nil, fmt.Errorf("layer image: %w", err)
 	}
 	return BuildLayerImage(ctx, dir, out)
