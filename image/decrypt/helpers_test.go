@@ -32,8 +32,6 @@ import (
 	"github.com/cocoon-containers/cocoon/image/unpack"
 )
 
-const skopeo = "/usr/bin/skopeo"
-
 // files are what the test image's two layers leave in the rootfs.
 var files = map[string]string{
 	"etc/app.conf":       "mode = confidential\n",
