@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -76,22 +77,23 @@ func BuildLayerImage(ctx context.Context, src, out string) (*LayerImage, error) 
 
 // LayerImageFromTar unpacks one uncompressed OCI layer tar on its own, in
 // the form containerd's overlay snapshotter stores a layer (whiteouts as
-// overlayfs whiteouts), and packs it with BuildLayerImage. A snapshot
-// containerd unpacked from the same tar packs to the same root hash, which
-// is how a policy author predicts what the shim will send.
-func LayerImageFromTar(ctx context.Context, r io.Reader, out string) (*LayerImage, error) {
-	dir, err := os.MkdirTemp(filepath.Dir(out), ".layer-unpack-")
-	if err != nil {
+// overlayfs whiteouts; a directory the layer only implies copies its
+// metadata from the same directory in parents, the lower layers' unpacked
+// directories, top first), and packs it with BuildLayerImage. A snapshot
+// containerd unpacked from the same tars packs to the same root hash,
+// which is how a policy author predicts what the shim will send. The
+// unpacked tree is left in dir, which must be empty or missing.
+func LayerImageFromTar(ctx context.Context, r io.Reader, dir string, parents []string, out string) (*LayerImage, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
 	// A snapshotter's layer directory is 0755; so is the packed root.
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
 	// Device nodes are kept, as containerd keeps them, so the root hash
 	// matches its snapshot; the guest mounts container roots nodev.
-	if err := unpack.Layer(dir, r, unpack.Options{OverlayWhiteouts: true, AllowDevices: true}); err != nil {
+	if err := unpack.Layer(dir, r, unpack.Options{OverlayWhiteouts: true, AllowDevices: true, Parents: parents}); err != nil {
 		return nil, fmt.Errorf("layer image: %w", err)
 	}
 	return BuildLayerImage(ctx, dir, out)
@@ -122,7 +124,13 @@ func LayerImagesFromLayout(ctx context.Context, layoutDir, ref, outDir string) (
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return nil, err
 	}
+	work, err := os.MkdirTemp(outDir, ".unpacked-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
 	var res []ImageLayer
+	var parents []string // unpacked lower layers, top first
 	for i, l := range layers {
 		diffID, err := l.DiffID()
 		if err != nil {
@@ -133,7 +141,9 @@ func LayerImagesFromLayout(ctx context.Context, layoutDir, ref, outDir string) (
 			return nil, fmt.Errorf("layer %d: %w", i, err)
 		}
 		h := sha256.New()
-		li, err := LayerImageFromTar(ctx, io.TeeReader(rc, h), filepath.Join(outDir, fmt.Sprintf("layer-%02d.img", i)))
+		dir := filepath.Join(work, strconv.Itoa(i))
+		li, err := LayerImageFromTar(ctx, io.TeeReader(rc, h), dir, parents, filepath.Join(outDir, fmt.Sprintf("layer-%02d.img", i)))
+		parents = append([]string{dir}, parents...)
 		if err == nil {
 			_, err = io.Copy(h, rc) // the tar's end padding is part of the digest
 		}

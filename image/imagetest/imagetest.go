@@ -81,10 +81,12 @@ func (r *Registry) Ref(repoTag string) string { return r.Host + "/" + repoTag }
 
 // Entry is one tar entry of a test layer.
 type Entry struct {
-	Name, Link, Body string
-	Type             byte
-	Mode             int64
-	Uid, Gid         int
+	Name, Link, Body   string
+	Type               byte
+	Mode               int64
+	Uid, Gid           int
+	Devmajor, Devminor int64
+	Xattrs             map[string]string
 }
 
 // TarBytes builds an uncompressed tar.
@@ -92,7 +94,14 @@ func TarBytes(tb testing.TB, es ...Entry) []byte {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, e := range es {
-		h := &tar.Header{Name: e.Name, Linkname: e.Link, Typeflag: e.Type, Mode: e.Mode, Uid: e.Uid, Gid: e.Gid}
+		h := &tar.Header{Name: e.Name, Linkname: e.Link, Typeflag: e.Type, Mode: e.Mode, Uid: e.Uid, Gid: e.Gid,
+			Devmajor: e.Devmajor, Devminor: e.Devminor}
+		for k, v := range e.Xattrs {
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords["SCHILY.xattr."+k] = v
+		}
 		if h.Typeflag == 0 {
 			h.Typeflag = tar.TypeReg
 		}

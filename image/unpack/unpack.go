@@ -9,6 +9,7 @@ package unpack
 
 import (
 	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +50,12 @@ type Options struct {
 	// marker the directory's trusted.overlay.opaque=y xattr. Without it,
 	// whiteouts delete from what lower layers unpacked into the same root.
 	OverlayWhiteouts bool
+	// Parents are the directories of the lower layers, top first, when a
+	// layer is unpacked on its own: a directory this layer implies (it
+	// has entries below it but no entry of its own) takes its mode,
+	// ownership and non-trusted xattrs from the first parent holding a
+	// directory there, as containerd's overlay applier does.
+	Parents []string
 }
 
 func (o Options) withDefaults() Options {
@@ -132,7 +139,7 @@ func applyLayer(root *os.Root, r io.Reader, opts Options) error {
 		}
 		if base == opaqueMarker {
 			if opts.OverlayWhiteouts {
-				err = overlayOpaque(root, dir)
+				err = overlayOpaque(root, dir, opts)
 			} else {
 				err = makeOpaque(root, dir, written)
 			}
@@ -162,7 +169,7 @@ func applyLayer(root *os.Root, r io.Reader, opts Options) error {
 		if err := checkParents(root, name); err != nil {
 			return &EntryError{hdr.Name, err}
 		}
-		if err := root.MkdirAll(dir, 0o755); err != nil {
+		if err := mkdirImplied(root, dir, opts); err != nil {
 			return &EntryError{hdr.Name, mapRootErr(err)}
 		}
 		size, err := writeEntry(root, name, hdr, tr, opts)
@@ -263,12 +270,133 @@ func makeOpaque(root *os.Root, dir string, written map[string]bool) error {
 	return nil
 }
 
+// mkdirImplied creates dir and its missing parents, 0755 root-owned, or
+// like the same directory in opts.Parents.
+func mkdirImplied(root *os.Root, dir string, opts Options) error {
+	if dir == "." || dir == "" {
+		return nil
+	}
+	if fi, err := root.Lstat(dir); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
+		return nil
+	}
+	if err := mkdirImplied(root, path.Dir(dir), opts); err != nil {
+		return err
+	}
+	if err := root.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	for _, p := range opts.Parents {
+		done, err := copyDirInfo(root, dir, p, opts)
+		if err != nil {
+			return fmt.Errorf("implied directory %s: %w", dir, err)
+		}
+		if done {
+			break
+		}
+	}
+	return nil
+}
+
+// copyDirInfo gives dir the metadata of the same path in the layer
+// directory parent. It reports whether parent settled it: it has a
+// directory there (copied), or something else (defaults kept).
+func copyDirInfo(root *os.Root, dir, parent string, opts Options) (bool, error) {
+	pr, err := os.OpenRoot(parent)
+	if err != nil {
+		return false, err
+	}
+	defer pr.Close()
+	src, err := pr.OpenFile(dir, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_PATH, 0)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+		return false, nil
+	}
+	if err != nil {
+		return false, mapRootErr(err)
+	}
+	defer src.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(src.Fd()), &st); err != nil {
+		return false, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return true, nil
+	}
+	dst, err := root.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return false, err
+	}
+	defer dst.Close()
+	if !opts.NoChown {
+		if err := dst.Chown(int(st.Uid), int(st.Gid)); err != nil {
+			return false, err
+		}
+	}
+	if err := unix.Fchmod(int(dst.Fd()), st.Mode&0o7777); err != nil {
+		return false, err
+	}
+	srcPath := fmt.Sprintf("/proc/self/fd/%d", src.Fd())
+	names, err := listXattrs(srcPath)
+	if err != nil {
+		return false, err
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, "trusted.") {
+			continue // overlayfs metadata stays with its own layer
+		}
+		v, err := getXattr(srcPath, n)
+		if err != nil {
+			return false, err
+		}
+		if err := unix.Fsetxattr(int(dst.Fd()), n, v, 0); err != nil && !errors.Is(err, unix.ENOTSUP) {
+			return false, fmt.Errorf("xattr %s: %w", n, err)
+		}
+	}
+	return true, nil
+}
+
+func listXattrs(p string) ([]string, error) {
+	n, err := unix.Listxattr(p, nil)
+	if err != nil || n == 0 {
+		if errors.Is(err, unix.ENOTSUP) {
+			err = nil
+		}
+		return nil, err
+	}
+	buf := make([]byte, n)
+	if n, err = unix.Listxattr(p, buf); err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, b := range bytes.Split(buf[:n], []byte{0}) {
+		if len(b) > 0 {
+			names = append(names, string(b))
+		}
+	}
+	return names, nil
+}
+
+func getXattr(p, name string) ([]byte, error) {
+	n, err := unix.Getxattr(p, name, nil)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, n)
+	n, err = unix.Getxattr(p, name, buf)
+	if err != nil {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
 // overlayOpaque marks dir opaque for overlayfs.
-func overlayOpaque(root *os.Root, dir string) error {
+func overlayOpaque(root *os.Root, dir string, opts Options) error {
 	if err := checkParents(root, path.Join(dir, "x")); err != nil {
 		return err
 	}
-	if err := root.MkdirAll(dir, 0o755); err != nil {
+	if err := mkdirImplied(root, dir, opts); err != nil {
 		return mapRootErr(err)
 	}
 	f, err := root.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
@@ -285,7 +413,7 @@ func overlayWhiteout(root *os.Root, name string, hdr *tar.Header, opts Options) 
 	if err := checkParents(root, name); err != nil {
 		return err
 	}
-	if err := root.MkdirAll(path.Dir(name), 0o755); err != nil {
+	if err := mkdirImplied(root, path.Dir(name), opts); err != nil {
 		return err
 	}
 	if err := replace(root, name, false); err != nil {
@@ -383,7 +511,15 @@ func writeEntry(root *os.Root, name string, hdr *tar.Header, tr io.Reader, opts 
 		if fi.IsDir() {
 			return 0, fmt.Errorf("hardlink to directory %q", hdr.Linkname)
 		}
-		return 0, root.Link(target, name)
+		if err := root.Link(target, name); err != nil {
+			return 0, err
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			return 0, nil
+		}
+		// The link entry's owner and mode apply to the shared inode, as
+		// containerd and docker apply them.
+		return 0, applyMeta(root, name, hdr, opts)
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 		if !opts.AllowDevices {
 			return 0, fmt.Errorf("device or fifo entries are not allowed")

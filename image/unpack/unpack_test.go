@@ -77,8 +77,12 @@ func TestLayersWhiteoutsHardlinksMeta(t *testing.T) {
 		entry{name: "opq/old1", body: "1"},
 		entry{name: "opq/sub/old2", body: "2"},
 		entry{name: "bin/tool", body: "#!tool", mode: 0o4755, uid: 12, gid: 34, xattrs: map[string]string{"user.cocoon": "v"}},
-		entry{name: "bin/tool-link", typ: tar.TypeLink, link: "bin/tool"},
+		// As tar writes it: a link entry carries its inode's metadata, which
+		// is applied again (as containerd does).
+		entry{name: "bin/tool-link", typ: tar.TypeLink, link: "bin/tool", mode: 0o4755, uid: 12, gid: 34},
 		entry{name: "bin/sh", typ: tar.TypeSymlink, link: "/bin/tool"},
+		entry{name: "bin/other", body: "o", mode: 0o600},
+		entry{name: "bin/other-link", typ: tar.TypeLink, link: "bin/other", mode: 0o640},
 	)
 	if err := Layer(root, lower, opts); err != nil {
 		t.Fatal(err)
@@ -112,6 +116,9 @@ func TestLayersWhiteoutsHardlinksMeta(t *testing.T) {
 	}
 	if a.Mode()&os.ModeSetuid == 0 || a.Mode().Perm() != 0o755 {
 		t.Errorf("bin/tool mode %v", a.Mode())
+	}
+	if fi, _ := os.Stat(filepath.Join(root, "bin/other")); fi.Mode().Perm() != 0o640 {
+		t.Errorf("bin/other mode %v: the link entry's mode applies to the shared inode", fi.Mode())
 	}
 	if fi, _ := os.Stat(filepath.Join(root, "opq")); fi.Mode().Perm() != 0o750 {
 		t.Errorf("opq mode %v", fi.Mode())
