@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
@@ -82,6 +83,11 @@ type Config struct {
 	// ImageInsecureRegistries may be reached over plain HTTP by guest
 	// pulls (comma-separated host[:port] list).
 	ImageInsecureRegistries []string
+	// ImageRegistryAddrs says where guest pulls dial a registry: its
+	// host:port as image names write it -> the ip:port the guest reaches
+	// it at (a launcher's forwarded service address). The name is still
+	// what TLS and the signature policy check.
+	ImageRegistryAddrs map[string]string
 	// EndpointAddr is where the workload endpoint listens (a loopback
 	// ip:port; default 127.0.0.1:8006); "off" serves none while the KBS
 	// still backs guest pulls (an agent sharing a host's network).
@@ -107,7 +113,7 @@ const DefaultPolicyFile = "/etc/cocoon/default-policy.rego"
 // COCOON_<KEY> (COCOON_AGENT_SERVER_ADDR and KATA_AGENT_SERVER_ADDR for
 // the address).
 var envKeys = []string{"log", "attestation", "sim_host_data", "sim_measurement", "kbs_url",
-	"run_dir", "cgroup_parent", "default_policy", "image_policy", "image_registry_auth", "image_insecure_registries", "endpoint_addr"}
+	"run_dir", "cgroup_parent", "default_policy", "image_policy", "image_registry_auth", "image_insecure_registries", "image_registry_addrs", "endpoint_addr"}
 
 // Default returns the configuration used when nothing overrides it.
 func Default() Config {
@@ -374,6 +380,18 @@ func (c *Config) apply(key, v string) error {
 			c.ImagePolicy = v
 		} else {
 			c.ImageRegistryAuth = v
+		}
+	case "image_registry_addrs":
+		c.ImageRegistryAddrs = map[string]string{}
+		for _, pair := range strings.Split(v, ",") {
+			name, addr, ok := strings.Cut(pair, "=")
+			if _, _, err := net.SplitHostPort(name); !ok || err != nil || strings.ContainsAny(name, "/@ \t") {
+				return bad("want name:port=ip:port,...")
+			}
+			if ap, err := netip.ParseAddrPort(addr); err != nil || ap.Port() == 0 {
+				return bad("want name:port=ip:port,...")
+			}
+			c.ImageRegistryAddrs[name] = addr
 		}
 	case "endpoint_addr":
 		if v != EndpointOff {

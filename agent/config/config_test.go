@@ -243,3 +243,19 @@ func TestEndpointAddr(t *testing.T) {
 		}
 	}
 }
+
+func TestImageRegistryAddrs(t *testing.T) {
+	cfg, err := Parse(Sources{Cmdline: "cocoon.image_registry_addrs=127.0.0.1:5000=10.0.2.100:5000,registry.example:443=10.0.2.101:443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"127.0.0.1:5000": "10.0.2.100:5000", "registry.example:443": "10.0.2.101:443"}
+	if !reflect.DeepEqual(cfg.ImageRegistryAddrs, want) {
+		t.Fatalf("got %v", cfg.ImageRegistryAddrs)
+	}
+	for _, bad := range []string{"127.0.0.1:5000", "127.0.0.1:5000=registry:5000", "noport=10.0.2.100:5000", "a:1=10.0.2.100:0", "a:1=10.0.2.100:1,,"} {
+		if _, err := Parse(Sources{Cmdline: "cocoon.image_registry_addrs=" + bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

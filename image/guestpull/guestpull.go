@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -55,6 +56,10 @@ type Config struct {
 	InsecureRegistries []string
 	// AllowPlainHTTPLoopback permits plain HTTP to loopback registries.
 	AllowPlainHTTPLoopback bool
+	// DialAddrs redirects connections: a registry's host:port, as image
+	// names write it, to the ip:port the guest reaches it at. URLs, TLS
+	// server names and the signature policy keep the name.
+	DialAddrs map[string]string
 	// KBS resolves kbs:/// URIs; nil when the guest has no KBS, in which
 	// case such URIs make every pull fail.
 	KBS Resources
@@ -105,6 +110,28 @@ func New(cfg Config) (*Service, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
+	}
+	if len(cfg.DialAddrs) > 0 {
+		base, ok := cfg.Transport.(*http.Transport)
+		if cfg.Transport == nil {
+			base, ok = http.DefaultTransport.(*http.Transport), true
+		}
+		if !ok {
+			return nil, fmt.Errorf("image service: registry addresses need an *http.Transport")
+		}
+		tr := base.Clone()
+		dial := tr.DialContext
+		if dial == nil {
+			dial = (&net.Dialer{}).DialContext
+		}
+		addrs := cfg.DialAddrs
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if to, ok := addrs[addr]; ok {
+				addr = to
+			}
+			return dial(ctx, network, addr)
+		}
+		cfg.Transport = tr
 	}
 	return &Service{cfg: cfg, log: log, cache: cache}, nil
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -262,5 +263,31 @@ func TestEncryptedWithoutKBS(t *testing.T) {
 	}
 	if _, err := os.Stat(dest); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("left %s", dest)
+	}
+}
+
+// TestDialAddrs: a registry named by one address is reached at another
+// (the guest's forwarded service address), while the image keeps its name.
+func TestDialAddrs(t *testing.T) {
+	reg := imagetest.NewRegistry(t)
+	imagetest.Push(t, reg.Ref("app:1"), imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "a", Body: "via the forward"})))
+	// The name the image uses: a loopback address where nothing listens.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := l.Addr().String()
+	l.Close()
+	plain, _ := newService(t, Config{})
+	if err := plain.PullImage(context.Background(), name+"/app:1", filepath.Join(t.TempDir(), "r")); err == nil {
+		t.Fatal("pulled from an address where no registry listens")
+	}
+	s, _ := newService(t, Config{DialAddrs: map[string]string{name: reg.Host}})
+	dest := filepath.Join(t.TempDir(), "r")
+	if err := s.PullImage(context.Background(), name+"/app:1", dest); err != nil {
+		t.Fatalf("through the dial address: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dest, "a")); string(b) != "via the forward" {
+		t.Fatalf("content %q", b)
 	}
 }

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -80,6 +82,12 @@ type Sandbox struct {
 	// Containers without that annotation (the pause container) keep the
 	// host path.
 	ImagePull string `toml:"image_pull"`
+	// ImageRegistries are the registries (host:port as image names write
+	// them) guest pulls reach. Under QEMU the guest network reaches only
+	// forwarded host services: each must be a loopback ip:port on the
+	// host, forwarded into the guest. The process launcher and
+	// cloud-hypervisor use the node's network.
+	ImageRegistries []string `toml:"image_registries"`
 }
 
 // Image pull modes.
@@ -243,6 +251,14 @@ func (c Config) Validate() error {
 	case ImagePullHost, ImagePullGuest:
 	default:
 		return bad("sandbox.image_pull %q: want host or guest", s.ImagePull)
+	}
+	if len(s.ImageRegistries) > 8 {
+		return bad("sandbox.image_registries: %d registries, at most 8", len(s.ImageRegistries))
+	}
+	for _, r := range s.ImageRegistries {
+		if _, _, err := net.SplitHostPort(r); err != nil || strings.ContainsAny(r, "/@ \t\n=,") {
+			return bad("sandbox.image_registries %q: want host:port", r)
+		}
 	}
 	if s.Launcher == LauncherProcess && s.Confidential == ConfidentialSNP {
 		return bad("sandbox.confidential snp needs a VM launcher, not process")

@@ -63,6 +63,9 @@ func VMMConfig(spec LaunchSpec) hostvmm.Config {
 	if spec.KBSURL != "" {
 		params = append(params, "cocoon.kbs_url="+spec.KBSURL)
 	}
+	if spec.RegistryAddrs != "" {
+		params = append(params, "cocoon.image_registry_addrs="+spec.RegistryAddrs)
+	}
 	c := hostvmm.Config{
 		ID:           spec.ID,
 		StateDir:     filepath.Join(spec.StateDir, "vm"),

@@ -82,6 +82,9 @@ type LaunchSpec struct {
 	Network *hostvmm.Network
 	// KBSURL is the KBS as the guest reaches it (cocoon.kbs_url).
 	KBSURL string
+	// RegistryAddrs tells the guest where to dial the registries its
+	// network forwards (cocoon.image_registry_addrs: name=ip:port,...).
+	RegistryAddrs string
 }
 
 // Options for Start.
@@ -204,6 +207,9 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 		spec.HostData = pol.HostData
 	}
 	if err := s.kbsAccess(&spec); err != nil {
+		return nil, fmt.Errorf("start sandbox %s: %w", opts.ID, err)
+	}
+	if err := s.registryAccess(&spec); err != nil {
 		return nil, fmt.Errorf("start sandbox %s: %w", opts.ID, err)
 	}
 	if opts.Config.Sandbox.SharedFS != config.SharedFSNone || opts.Config.Sandbox.Launcher == config.LauncherProcess {
@@ -434,6 +440,36 @@ func (s *Sandbox) teardownVM(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// firstRegistryPort is the guest port of the first forwarded registry.
+const firstRegistryPort = 5000
+
+// registryAccess lets guest pulls reach the configured registries. Under
+// QEMU each registry (a host loopback ip:port) is forwarded to the service
+// address, and the guest is told to dial that address for the registry's
+// name, so image names stay what containerd and the policy see. TLS and
+// digests are checked against the name, not the address.
+func (s *Sandbox) registryAccess(spec *LaunchSpec) error {
+	sc := s.cfg.Sandbox
+	if sc.Launcher != config.LauncherQEMU || sc.ImagePull != config.ImagePullGuest || len(sc.ImageRegistries) == 0 {
+		return nil
+	}
+	if spec.Network == nil {
+		spec.Network = &hostvmm.Network{}
+	}
+	var addrs []string
+	for i, r := range sc.ImageRegistries {
+		ap, err := netip.ParseAddrPort(r)
+		if err != nil || !ap.Addr().IsLoopback() {
+			return fmt.Errorf("image registry %q: under QEMU a registry must listen on a host loopback ip:port: %w", r, errdefs.ErrInvalidArgument)
+		}
+		port := firstRegistryPort + i
+		spec.Network.Forwards = append(spec.Network.Forwards, hostvmm.Forward{GuestPort: port, HostAddr: ap.String()})
+		addrs = append(addrs, r+"="+hostvmm.ServiceIP+":"+strconv.Itoa(port))
+	}
+	spec.RegistryAddrs = strings.Join(addrs, ",")
+	return nil
+}
+
 // kbsAccess decides how the guest reaches the configured KBS. The process
 // launcher shares the host's network; under QEMU the guest gets a network
 // that reaches only the KBS, which must then listen on a host loopback
@@ -463,7 +499,10 @@ func (s *Sandbox) kbsAccess(spec *LaunchSpec) error {
 		return fmt.Errorf("kbs url %q: under QEMU the KBS must listen on a host loopback ip:port: %w", raw, errdefs.ErrInvalidArgument)
 	}
 	const guestPort = 8080
-	spec.Network = &hostvmm.Network{Forwards: []hostvmm.Forward{{GuestPort: guestPort, HostAddr: ap.String()}}}
+	if spec.Network == nil {
+		spec.Network = &hostvmm.Network{}
+	}
+	spec.Network.Forwards = append(spec.Network.Forwards, hostvmm.Forward{GuestPort: guestPort, HostAddr: ap.String()})
 	g := *u
 	g.Host = hostvmm.ServiceIP + ":" + strconv.Itoa(guestPort)
 	spec.KBSURL = g.String()

@@ -146,6 +146,7 @@ func imageService(cfg config.Config, id *policy.Initdata, kbs *client.Client, lo
 		PolicyURI:              cfg.ImagePolicy,
 		AuthURI:                cfg.ImageRegistryAuth,
 		InsecureRegistries:     cfg.ImageInsecureRegistries,
+		DialAddrs:              cfg.ImageRegistryAddrs,
 		AllowPlainHTTPLoopback: true, // the guest's own loopback
 		Logger:                 log,
 	}

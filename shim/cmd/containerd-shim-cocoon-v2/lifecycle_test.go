@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -140,6 +141,28 @@ func TestContainerdRestart(t *testing.T) {
 	}
 }
 
+var (
+	qemuImageOnce sync.Once
+	qemuImg       *vmtest.Image
+	qemuImgErr    error
+	qemuImgDir    string
+)
+
+// qemuImage builds the standard guest image once per package run.
+func qemuImage(t *testing.T) *vmtest.Image {
+	t.Helper()
+	qemuImageOnce.Do(func() {
+		if qemuImgDir, qemuImgErr = os.MkdirTemp("", "cocoon-shim-guest-"); qemuImgErr != nil {
+			return
+		}
+		qemuImg, qemuImgErr = vmtest.AgentImage(context.Background(), qemuImgDir)
+	})
+	if qemuImgErr != nil {
+		t.Fatal(qemuImgErr)
+	}
+	return qemuImg
+}
+
 // TestQEMU runs a container under QEMU TCG with the standard guest image:
 // the shim boots the VM, shares the rootfs over 9p and drives the agent.
 func TestQEMU(t *testing.T) {
@@ -150,10 +173,7 @@ func TestQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	img, err := vmtest.AgentImage(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := qemuImage(t)
 	cfg := filepath.Join(dir, "qemu.toml")
 	body := fmt.Sprintf("[sandbox]\nlauncher = \"qemu\"\nkernel = %q\ninitrd = %q\nshared_fs = \"9p\"\nmemory_mib = 512\nkernel_params = \"console=ttyS0 quiet panic=-1\"\nstate_dir = %q\n",
 		img.Kernel, img.Initrd, filepath.Join(dir, "sandboxes"))
@@ -226,6 +246,50 @@ CreateContainerRequest {
 		t.Errorf("policy pinning another image: %v", err)
 	}
 	if left := processesUnder(sandboxesDir); len(left) != 0 {
+		t.Errorf("processes left: %v", left)
+	}
+}
+
+// TestQEMUGuestPull: a confidential sandbox under QEMU (simulated SNP, no
+// shared directory) whose container image the agent pulls itself: the
+// guest network forwards only the registry on the host's loopback, the
+// image keeps its name, and the container runs from the guest's pull.
+func TestQEMUGuestPull(t *testing.T) {
+	c := requireContainerd(t)
+	ctx := context.Background()
+	img := qemuImage(t)
+	reg := imagetest.NewRegistry(t)
+	ref := reg.Ref("apps/check:1")
+	imagetest.Push(t, ref, imagetest.AppImage(t))
+	if _, _, err := c.Ctr(ctx, "images", "pull", "--plain-http", ref); err != nil {
+		t.Fatalf("host pull: %v", err)
+	}
+	defer c.Ctr(ctx, "images", "rm", ref)
+	dir, err := os.MkdirTemp("", "cocoon-shim-qemu-pull-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	cfg := filepath.Join(dir, "qemu.toml")
+	body := fmt.Sprintf("[sandbox]\nlauncher = \"qemu\"\nkernel = %q\ninitrd = %q\nconfidential = \"simulated\"\nmemory_mib = 512\n"+
+		"kernel_params = \"console=ttyS0 quiet panic=-1\"\nstate_dir = %q\nimage_pull = \"guest\"\nimage_registries = [%q]\n",
+		img.Kernel, img.Initrd, filepath.Join(dir, "sandboxes"), reg.Host)
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gets := reg.BlobGets.Load()
+	out, _, err := c.Ctr(ctx, "run", "--runtime", runtimeName, "--runtime-config-path", cfg, "--rm",
+		"--annotation", "io.kubernetes.cri.image-name="+ref, ref, "qemu-pull", "sh", "-c", imagetest.AppScript)
+	if err != nil {
+		t.Fatalf("guest-pulled container under QEMU: %v\n%s", err, c.LogTail())
+	}
+	if out != imagetest.AppOutput {
+		t.Errorf("output %q, want %q", out, imagetest.AppOutput)
+	}
+	if n := reg.BlobGets.Load() - gets; n < 3 {
+		t.Errorf("%d blobs fetched: the guest did not pull the image", n)
+	}
+	if left := processesUnder(filepath.Join(dir, "sandboxes")); len(left) != 0 {
 		t.Errorf("processes left: %v", left)
 	}
 }
