@@ -31,7 +31,8 @@ func crictlPath(t *testing.T) string {
 // runtime handler cocoon: runp, create, start, logs, exec, stop, rm. A
 // second pod, with the handler cocoon-guest-pull, keeps the pause
 // container on the host path and has the agent pull the app container's
-// image, which CRI names in the container's annotations.
+// image, which CRI names in the container's annotations. A third, with the
+// handler cocoon-confidential, does the same in a confidential VM.
 func TestCRI(t *testing.T) {
 	shimtest.RequireRoot(t)
 	if cd == nil {
@@ -47,6 +48,9 @@ func TestCRI(t *testing.T) {
 	for _, d := range []string{"cni-bin", "cni-conf", "logs"} {
 		os.MkdirAll(filepath.Join(dir, d), 0o755)
 	}
+	reg := imagetest.NewRegistry(t)
+	ref := reg.Ref("apps/check:1")
+	imagetest.Push(t, ref, imagetest.AppImage(t))
 	c := &shimtest.Containerd{Dir: filepath.Join(dir, "containerd"), BinDir: cd.BinDir, CRI: true, ExtraConfig: fmt.Sprintf(`
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
@@ -66,7 +70,12 @@ func TestCRI(t *testing.T) {
     runtime_type = "io.containerd.cocoon.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon-guest-pull.options]
       ConfigPath = %q
-`, shimtest.PauseImageName, filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf"), configPath, guestPullConfig(t, dir))}
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon-confidential]
+    runtime_type = "io.containerd.cocoon.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon-confidential.options]
+      ConfigPath = %q
+`, shimtest.PauseImageName, filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf"), configPath, guestPullConfig(t, dir),
+		confidentialConfig(t, dir, reg.Host))}
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -145,9 +154,6 @@ func TestCRI(t *testing.T) {
 		t.Errorf("processes left: %v", left)
 	}
 
-	reg := imagetest.NewRegistry(t)
-	ref := reg.Ref("apps/check:1")
-	imagetest.Push(t, ref, imagetest.AppImage(t))
 	if out, err := exec.CommandContext(ctx, "ctr", "--address", c.Address, "--namespace", "k8s.io", "images", "pull", "--plain-http", ref).CombinedOutput(); err != nil {
 		t.Fatalf("host pull into k8s.io: %v: %s", err, out)
 	}
@@ -185,6 +191,44 @@ func TestCRI(t *testing.T) {
 	run("rm", gctrID)
 	run("stopp", gpodID)
 	run("rmp", gpodID)
+
+	// A confidential pod under QEMU (simulated SNP, nothing shared): the
+	// pause container arrives as verity layers, the app container, which
+	// the sandbox did not start with, is pulled by the guest.
+	cpodID := run("runp", "--runtime", "cocoon-confidential", gpod)
+	defer func() {
+		exec.Command(crictl, "--runtime-endpoint", "unix://"+c.Address, "stopp", cpodID).Run()
+		exec.Command(crictl, "--runtime-endpoint", "unix://"+c.Address, "rmp", cpodID).Run()
+	}()
+	cctrID := run("create", cpodID, gctr, gpod)
+	run("start", cctrID)
+	for !strings.Contains(run("logs", cctrID), "hardlink-ok") {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if got := run("logs", cctrID); got+"\n" != imagetest.AppOutput {
+		t.Errorf("confidential pod's container logs %q, want %q", got, imagetest.AppOutput)
+	}
+	run("stop", cctrID)
+	run("rm", cctrID)
+	run("stopp", cpodID)
+	run("rmp", cpodID)
+	if out := run("pods", "-q"); out != "" {
+		t.Errorf("pods left: %q", out)
+	}
+}
+
+// confidentialConfig runs pods under QEMU TCG with simulated SNP, pulling
+// images in the guest from the registry at registry.
+func confidentialConfig(t *testing.T, dir, registry string) string {
+	img := qemuImage(t)
+	p := filepath.Join(dir, "confidential.toml")
+	body := fmt.Sprintf("[sandbox]\nlauncher = \"qemu\"\nkernel = %q\ninitrd = %q\nconfidential = \"simulated\"\nmemory_mib = 512\n"+
+		"kernel_params = \"console=ttyS0 quiet panic=-1\"\nstate_dir = %q\nimage_pull = \"guest\"\nimage_registries = [%q]\n",
+		img.Kernel, img.Initrd, filepath.Join(dir, "qemu-sandboxes"), registry)
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // guestPullConfig is the harness's process-launcher configuration with
