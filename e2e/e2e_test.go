@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cocoon-containers/cocoon/hostvmm/vmtest"
+	"github.com/cocoon-containers/cocoon/shim/sandbox"
 )
 
 // TestConfidentialPod is the main job as assertions: a confidential pod
@@ -192,7 +193,15 @@ func TestConfidentialPodContainerd(t *testing.T) {
 	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), cl.SandboxesDir()) {
 		t.Error("mounts left under the sandboxes' state")
 	}
-	if ents, _ := os.ReadDir(cl.SandboxesDir()); len(ents) != 0 {
-		t.Errorf("sandbox state left: %v", ents)
+	ents, _ := os.ReadDir(cl.SandboxesDir())
+	for _, e := range ents {
+		if e.Name() != sandbox.LayerCacheDir {
+			t.Errorf("sandbox state left: %s", e.Name())
+		}
+	}
+	// Every pod ran the same two-layer image: the layer cache built each
+	// layer's verity image once.
+	if imgs, _ := filepath.Glob(filepath.Join(cl.SandboxesDir(), sandbox.LayerCacheDir, "*.img")); len(imgs) != 2 {
+		t.Errorf("layer cache holds %d images after pods of one two-layer image, want 2", len(imgs))
 	}
 }

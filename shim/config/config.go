@@ -88,6 +88,10 @@ type Sandbox struct {
 	// host, forwarded into the guest. The process launcher and
 	// cloud-hypervisor use the node's network.
 	ImageRegistries []string `toml:"image_registries"`
+	// LayerCacheDir keeps the verity images of image layers for every pod
+	// to reuse (default: .layers in StateDir, which is often a tmpfs; a
+	// directory on disk saves memory).
+	LayerCacheDir string `toml:"layer_cache_dir"`
 }
 
 // Image pull modes.
@@ -278,6 +282,7 @@ func (c Config) Validate() error {
 	for key, p := range map[string]string{
 		"sandbox.kernel": s.Kernel, "sandbox.initrd": s.Initrd, "sandbox.image": s.Image, "sandbox.igvm": s.IGVM,
 		"sandbox.agent": s.Agent, "sandbox.state_dir": s.StateDir, "kbs.ca": c.KBS.CA,
+		"sandbox.layer_cache_dir": s.LayerCacheDir,
 	} {
 		if p != "" && (!filepath.IsAbs(p) || filepath.Clean(p) != p) {
 			return bad("%s %q: want a clean absolute path", key, p)

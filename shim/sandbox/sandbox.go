@@ -241,16 +241,31 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 		if err != nil {
 			return nil, fmt.Errorf("start sandbox %s: %w", opts.ID, err)
 		}
-		for i, dir := range dirs {
-			img, err := rootfs.BuildLayerImage(ctx, dir, filepath.Join(s.stateDir, fmt.Sprintf("%s.layer%d", opts.ContainerID, i)))
+		cache, err := newLayerCache(opts.Config.Sandbox)
+		if err != nil {
+			return nil, fmt.Errorf("start sandbox %s: %w", opts.ID, err)
+		}
+		cache.prune()
+		reused := 0
+		for i, d := range dirs {
+			var img *rootfs.LayerImage
+			hit := false
+			if d.committed {
+				img, hit, err = cache.get(ctx, d.dir)
+			} else {
+				img, err = rootfs.BuildLayerImage(ctx, d.dir, filepath.Join(s.stateDir, fmt.Sprintf("%s.layer%d", opts.ContainerID, i)))
+			}
 			if err != nil {
 				return nil, fmt.Errorf("start sandbox %s: pack layer %d of the rootfs: %w", opts.ID, i, err)
+			}
+			if hit {
+				reused++
 			}
 			dev := "/dev/vd" + string(rune('a'+len(spec.Disks)))
 			spec.Disks = append(spec.Disks, hostvmm.Disk{Path: img.Path, ReadOnly: true})
 			s.layers[opts.ContainerID] = append(s.layers[opts.ContainerID], &layer{image: img, device: dev})
 		}
-		log.Info("rootfs packed as verity layers", "container_id", opts.ContainerID, "layers", len(dirs))
+		log.Info("rootfs packed as verity layers", "container_id", opts.ContainerID, "layers", len(dirs), "reused", reused)
 	}
 	vm, err := opts.Launcher.Launch(ctx, spec)
 	if err != nil {
@@ -287,13 +302,20 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, retErr error) {
 // disk, and the guest names them /dev/vda to /dev/vdz.
 const maxLayers = 24
 
+// layerDir is one directory to pack; committed ones (containerd's
+// snapshot layers, which never change) come from the layer cache.
+type layerDir struct {
+	dir       string
+	committed bool
+}
+
 // layerDirs lists what to pack for a container's rootfs, bottom layer
 // first. An overlay snapshot gives one directory per image layer (its
 // lowerdirs, then the upper directory if the container already wrote
 // something there); anything else is packed whole.
-func layerDirs(rootfsDir string, ms []mount.Mount) ([]string, error) {
+func layerDirs(rootfsDir string, ms []mount.Mount) ([]layerDir, error) {
 	if len(ms) != 1 || ms[0].Type != "overlay" {
-		return []string{rootfsDir}, nil
+		return []layerDir{{dir: rootfsDir}}, nil
 	}
 	var lower []string
 	var upper string
@@ -311,20 +333,22 @@ func layerDirs(rootfsDir string, ms []mount.Mount) ([]string, error) {
 	}
 	// lowerdir lists the top layer first.
 	slices.Reverse(lower)
+	var dirs []layerDir
+	for _, d := range lower {
+		if !filepath.IsAbs(d) || filepath.Clean(d) != d {
+			return nil, fmt.Errorf("overlay layer %q: not an absolute, clean path: %w", d, errdefs.ErrInvalidArgument)
+		}
+		dirs = append(dirs, layerDir{dir: d, committed: true})
+	}
 	if upper != "" {
 		if ents, err := os.ReadDir(upper); err == nil && len(ents) > 0 {
-			lower = append(lower, upper)
+			dirs = append(dirs, layerDir{dir: upper})
 		}
 	}
-	for _, d := range lower {
-		if !filepath.IsAbs(d) {
-			return nil, fmt.Errorf("overlay layer %q: not an absolute path: %w", d, errdefs.ErrInvalidArgument)
-		}
+	if len(dirs) > maxLayers {
+		return nil, fmt.Errorf("rootfs of %d layers, more than the %d a sandbox attaches: %w", len(dirs), maxLayers, errdefs.ErrNotImplemented)
 	}
-	if len(lower) > maxLayers {
-		return nil, fmt.Errorf("rootfs of %d layers, more than the %d a sandbox attaches: %w", len(lower), maxLayers, errdefs.ErrNotImplemented)
-	}
-	return lower, nil
+	return dirs, nil
 }
 
 // connect dials the agent until it answers Health or the dial timeout ends.
