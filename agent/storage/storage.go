@@ -95,6 +95,9 @@ type mounted struct {
 	owners  map[string]int
 	created []string // directories made for it, deepest last
 	undo    func(ctx context.Context) error
+	// pending is open while a guest pull fills the mount point without
+	// the manager's lock; a second request for it waits.
+	pending chan struct{}
 }
 
 // NewManager returns a Manager.
@@ -178,17 +181,38 @@ func (m *Manager) mountOne(ctx context.Context, owner string, s *agentpb.Storage
 		s.MountPoint = mp
 	}
 	key := storageKey(s)
-	if cur, ok := m.mounts[mp]; ok {
+	for {
+		cur, ok := m.mounts[mp]
+		if !ok {
+			break
+		}
 		if cur.key != key {
 			return "", fmt.Errorf("storage at %s: already mounted with a different source or options: %w", mp, errdefs.ErrAlreadyExists)
 		}
-		cur.owners[owner]++
-		m.byOwner[owner] = append(m.byOwner[owner], mp)
-		return mp, nil
+		if cur.pending == nil {
+			cur.owners[owner]++
+			m.byOwner[owner] = append(m.byOwner[owner], mp)
+			return mp, nil
+		}
+		// Another request is pulling this image: wait for it, then look
+		// again (it may have failed and gone).
+		p := cur.pending
+		m.mu.Unlock()
+		select {
+		case <-p:
+		case <-ctx.Done():
+		}
+		m.mu.Lock()
+		if err := ctx.Err(); err != nil {
+			return "", fmt.Errorf("storage at %s: %w", mp, err)
+		}
 	}
 	created, err := m.mkdirs(mp)
 	if err != nil {
 		return "", err
+	}
+	if s.GetDriver() == GuestPullDriver {
+		return m.mountGuestPull(ctx, owner, s, key, created)
 	}
 	undo, err := m.mount(ctx, s)
 	if err != nil {
@@ -201,6 +225,31 @@ func (m *Manager) mountOne(ctx context.Context, owner string, s *agentpb.Storage
 		return "", err
 	}
 	m.mounts[mp] = &mounted{key: key, owners: map[string]int{owner: 1}, created: created, undo: undo}
+	m.byOwner[owner] = append(m.byOwner[owner], mp)
+	m.log.DebugContext(ctx, "storage mounted", "driver", s.GetDriver(), "mount_point", mp, "owner", owner)
+	return mp, nil
+}
+
+// mountGuestPull pulls with the manager's lock released: a pull can take
+// minutes, and other containers' storages (and removals) must not wait
+// for it. The mount point is reserved meanwhile. Called and returns with
+// m.mu held.
+func (m *Manager) mountGuestPull(ctx context.Context, owner string, s *agentpb.Storage, key string, created []string) (string, error) {
+	mp := s.GetMountPoint()
+	e := &mounted{key: key, owners: map[string]int{}, created: created, pending: make(chan struct{})}
+	m.mounts[mp] = e
+	m.mu.Unlock()
+	undo, err := m.guestPull(ctx, s)
+	m.mu.Lock()
+	close(e.pending)
+	e.pending = nil
+	if err != nil {
+		delete(m.mounts, mp)
+		removeDirs(created)
+		return "", fmt.Errorf("storage %s (driver %q): %w", mp, s.GetDriver(), err)
+	}
+	e.undo = undo
+	e.owners[owner] = 1
 	m.byOwner[owner] = append(m.byOwner[owner], mp)
 	m.log.DebugContext(ctx, "storage mounted", "driver", s.GetDriver(), "mount_point", mp, "owner", owner)
 	return mp, nil
@@ -512,8 +561,6 @@ func (m *Manager) mount(ctx context.Context, s *agentpb.Storage) (func(context.C
 			}
 		}
 		return unmount, m.cfg.Mounter.Mount("overlay", mp, "overlay", flags&^(unix.MS_BIND|unix.MS_REC)|unix.MS_NODEV, strings.Join(data, ","))
-	case GuestPullDriver:
-		return m.guestPull(ctx, s)
 	default:
 		return nil, fmt.Errorf("storage driver %q is not supported: %w", s.GetDriver(), errdefs.ErrInvalidArgument)
 	}

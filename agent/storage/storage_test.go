@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -366,5 +368,68 @@ func TestGuestPull(t *testing.T) {
 	none := NewManager(Config{AllowedRoots: []string{root}, Mounter: &fakeMounter{}})
 	if _, err := none.MountStorages(ctx, "c5", []*agentpb.Storage{{Driver: GuestPullDriver, Source: "r/a:1", MountPoint: filepath.Join(root, "c5", "rootfs")}}); !errdefs.IsNotImplemented(err) {
 		t.Fatalf("no image service: %v", err)
+	}
+}
+
+// blockingPuller holds every pull until release is closed.
+type blockingPuller struct {
+	started chan string
+	release chan struct{}
+	mu      sync.Mutex
+	pulls   int
+}
+
+func (p *blockingPuller) PullImage(ctx context.Context, image, dest string) error {
+	p.mu.Lock()
+	p.pulls++
+	p.mu.Unlock()
+	p.started <- image
+	<-p.release
+	return os.WriteFile(filepath.Join(dest, "image"), []byte(image), 0o644)
+}
+
+// TestGuestPullDoesNotBlockOthers: while one container's image is being
+// pulled, other storages mount and unmount; a second container naming the
+// same image waits for that pull and shares it instead of pulling again.
+func TestGuestPullDoesNotBlockOthers(t *testing.T) {
+	root := t.TempDir()
+	p := &blockingPuller{started: make(chan string, 4), release: make(chan struct{})}
+	m := NewManager(Config{AllowedRoots: []string{root}, Mounter: &fakeMounter{fail: map[string]error{}}, Images: p})
+	ctx := context.Background()
+	pull := &agentpb.Storage{Driver: GuestPullDriver, Source: "r/a:1", MountPoint: filepath.Join(root, "c1", "rootfs")}
+	first := make(chan error, 1)
+	go func() { _, err := m.MountStorages(ctx, "c1", []*agentpb.Storage{pull}); first <- err }()
+	<-p.started
+
+	tmp := &agentpb.Storage{Driver: "ephemeral", Source: "tmpfs", Fstype: "tmpfs", MountPoint: filepath.Join(root, "c9", "tmp")}
+	if _, err := m.MountStorages(ctx, "c9", []*agentpb.Storage{tmp}); err != nil {
+		t.Fatalf("another container's storage during a pull: %v", err)
+	}
+	if err := m.UnmountOwner(ctx, "c9"); err != nil {
+		t.Fatalf("a removal during a pull: %v", err)
+	}
+
+	second := make(chan error, 1)
+	go func() { _, err := m.MountStorages(ctx, "c2", []*agentpb.Storage{pull}); second <- err }()
+	select {
+	case err := <-second:
+		t.Fatalf("second request for the image being pulled returned early: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(p.release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	if p.pulls != 1 {
+		t.Errorf("%d pulls for one image, want 1", p.pulls)
+	}
+	if b, _ := os.ReadFile(filepath.Join(pull.MountPoint, "image")); string(b) != "r/a:1" {
+		t.Errorf("rootfs %q", b)
+	}
+	if got := m.MountPoints("c2"); len(got) != 1 || got[0] != pull.MountPoint {
+		t.Errorf("c2 holds %v", got)
 	}
 }
