@@ -418,8 +418,8 @@ func (c *Config) apply(key, v string) error {
 // checkResourceOrPath accepts a kbs:///repo/type/tag URI or an absolute,
 // clean path.
 func checkResourceOrPath(v string) error {
-	if p, ok := strings.CutPrefix(v, "kbs:///"); ok {
-		if _, err := protocol.ParseResourcePath(p); err != nil {
+	if _, ok, err := protocol.ResourceURIPath(v); ok {
+		if err != nil {
 			return fmt.Errorf("want kbs:///repo/type/tag: %v", err)
 		}
 		return nil

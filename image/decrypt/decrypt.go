@@ -46,7 +46,7 @@ const (
 	// WrapTypeA256GCM is the only wrap_type accepted.
 	WrapTypeA256GCM = "A256GCM"
 	// KidScheme prefixes a kid that names a KBS resource.
-	KidScheme = "kbs:///"
+	KidScheme = protocol.ResourceURIScheme
 
 	keySize   = 32
 	ivSize    = 12
@@ -255,11 +255,11 @@ func parsePacket(enc string) (p packet, path string, wrapped, iv []byte, err err
 // KidPath checks that kid is kbs:///<repo>/<type>/<tag> and returns the
 // resource path "<repo>/<type>/<tag>".
 func KidPath(kid string) (string, error) {
-	path, ok := strings.CutPrefix(kid, KidScheme)
+	path, ok, err := protocol.ResourceURIPath(kid)
 	if !ok {
 		return "", fmt.Errorf("kid %q is not a %s<repo>/<type>/<tag> URI", kid, KidScheme)
 	}
-	if _, err := protocol.ParseResourcePath(path); err != nil {
+	if err != nil {
 		return "", fmt.Errorf("kid %q: %w", kid, err)
 	}
 	return path, nil

@@ -141,8 +141,8 @@ func checkURI(u string) error {
 	if u == "" {
 		return nil
 	}
-	if p, ok := strings.CutPrefix(u, "kbs:///"); ok {
-		if _, err := protocol.ParseResourcePath(p); err != nil {
+	if _, ok, err := protocol.ResourceURIPath(u); ok {
+		if err != nil {
 			return fmt.Errorf("image service: %q: %w", u, err)
 		}
 		return nil
@@ -158,7 +158,10 @@ var ErrNoKBS = errors.New("no KBS is configured to resolve kbs:/// URIs")
 
 // fetch reads a kbs:/// resource or a file.
 func (s *Service) fetch(ctx context.Context, uri string) ([]byte, error) {
-	if p, ok := strings.CutPrefix(uri, "kbs:///"); ok {
+	if p, ok, err := protocol.ResourceURIPath(uri); ok {
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", uri, err)
+		}
 		if s.cfg.KBS == nil {
 			return nil, fmt.Errorf("%s: %w", uri, ErrNoKBS)
 		}

@@ -112,6 +112,24 @@ var segment = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // ErrBadPath rejects a resource path.
 var ErrBadPath = errors.New("bad resource path")
 
+// ResourceURIScheme prefixes a resource named as a URI, as the confidential
+// containers guest components name them: kbs:///<repo>/<type>/<tag>.
+const ResourceURIScheme = "kbs:///"
+
+// ResourceURIPath returns the "<repo>/<type>/<tag>" a kbs:/// URI names.
+// ok is false when uri is not a kbs:/// URI at all; err is set when it is
+// one whose path ParseResourcePath refuses.
+func ResourceURIPath(uri string) (path string, ok bool, err error) {
+	path, ok = strings.CutPrefix(uri, ResourceURIScheme)
+	if !ok {
+		return "", false, nil
+	}
+	if _, err := ParseResourcePath(path); err != nil {
+		return "", true, err
+	}
+	return path, true, nil
+}
+
 // ParseResourcePath checks "<repo>/<type>/<tag>": exactly three segments of
 // letters, digits, '.', '_' and '-', none "." or "..".
 func ParseResourcePath(p string) ([3]string, error) {

@@ -85,3 +85,19 @@ func FuzzCanonical(f *testing.F) {
 		}
 	})
 }
+
+func TestResourceURIPath(t *testing.T) {
+	if p, ok, err := ResourceURIPath("kbs:///default/key/1"); !ok || err != nil || p != "default/key/1" {
+		t.Errorf("kbs:///default/key/1: %q %v %v", p, ok, err)
+	}
+	for _, notURI := range []string{"/etc/policy.json", "kbs://default/key/1", "https://kbs/default/key/1", ""} {
+		if _, ok, _ := ResourceURIPath(notURI); ok {
+			t.Errorf("%q taken for a kbs:/// URI", notURI)
+		}
+	}
+	for _, bad := range []string{"kbs:///default/../1", "kbs:///default/key", "kbs:///a/b/c/d", "kbs:///"} {
+		if _, ok, err := ResourceURIPath(bad); !ok || err == nil {
+			t.Errorf("%q: ok %v err %v, want a kbs:/// URI with a bad path", bad, ok, err)
+		}
+	}
+}
