@@ -66,81 +66,16 @@ func TestGuestPullRealAgent(t *testing.T) {
 	vmtest.RequireRoot(t)
 	reg := imagetest.NewRegistry(t)
 	imagetest.Push(t, reg.Ref("apps/check:1"), imagetest.AppImage(t))
-	bad := imagetest.Image(t, imagetest.BusyboxLayer(t), imagetest.Layer(t, imagetest.Entry{Name: "x", Body: "original"}))
-	imagetest.Push(t, reg.Ref("apps/tampered:1"), bad)
-	ls, err := bad.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := ls[1].Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg.Tamper(d.String(), []byte("not the layer the manifest names"))
-
-	dir := t.TempDir()
-	cgroup := fmt.Sprintf("/cocoon-hostvmm-pull-%d", os.Getpid())
-	t.Cleanup(func() { removeCgroup(t, cgroup) })
-	conf := filepath.Join(dir, "agent.toml")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("cgroup_parent = %q\nlog_level = \"debug\"\n", cgroup)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	state := filepath.Join(shortTempDir(t), "state")
-	l := &Launcher{StopTimeout: time.Minute, Env: []string{"COCOON_AGENT_CONFIG=" + conf}}
-	sb, err := l.Start(context.Background(), hostvmm.Config{ID: "pull-agent", StateDir: state, AgentBinary: realAgent(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Cleanup() })
-	agentLog := func() string { b, _ := os.ReadFile(sb.ConsoleLog()); return string(b) }
-
+	imagetest.PushTampered(t, reg, reg.Ref("apps/tampered:1"))
+	p := startPullAgent(t, "pull-agent")
+	agent := p.agent
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	conn, err := sb.DialAgent(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := ttrpc.NewClient(conn)
-	defer client.Close()
-	agent := agentpb.NewAgentServiceClient(client)
-	if _, err := agent.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{Hostname: "pod", SandboxId: "sb1"}); err != nil {
-		t.Fatalf("CreateSandbox: %v", err)
-	}
 
-	pullStorage := func(cid, image string) *agentpb.Storage {
-		return &agentpb.Storage{Driver: "image_guest_pull", Source: image, Fstype: "overlay",
-			DriverOptions: []string{`image_guest_pull={"metadata":{"io.kubernetes.cri.image-name":"` + image + `"}}`},
-			MountPoint:    "/run/kata-containers/" + cid + "/rootfs"}
+	if out := p.run(ctx, t, "c1", reg.Ref("apps/check:1")); out != imagetest.AppOutput {
+		t.Errorf("container output %q, want %q", out, imagetest.AppOutput)
 	}
-	spec := agenttest.Spec("/run/kata-containers/c1/rootfs", "sh", "-c", imagetest.AppScript)
-	if _, err := agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "c1", ExecId: "c1", OCI: spec,
-		Storages: []*agentpb.Storage{pullStorage("c1", reg.Ref("apps/check:1"))}}); err != nil {
-		t.Fatalf("CreateContainer: %v\nagent log:\n%s", err, agentLog())
-	}
-	if _, err := agent.StartContainer(ctx, &agentpb.StartContainerRequest{ContainerId: "c1"}); err != nil {
-		t.Fatalf("StartContainer: %v", err)
-	}
-	var out strings.Builder
-	for {
-		r, err := agent.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: "c1", ExecId: "c1", Len: 64 << 10})
-		if err != nil {
-			t.Fatalf("ReadStdout: %v", err)
-		}
-		if len(r.Data) == 0 {
-			break
-		}
-		out.Write(r.Data)
-	}
-	if w, err := agent.WaitProcess(ctx, &agentpb.WaitProcessRequest{ContainerId: "c1", ExecId: "c1"}); err != nil || w.Status != 0 {
-		t.Fatalf("WaitProcess: %v %v", w, err)
-	}
-	if got := out.String(); got != imagetest.AppOutput {
-		t.Errorf("container output %q, want %q", got, imagetest.AppOutput)
-	}
-
-	spec2 := agenttest.Spec("/run/kata-containers/c2/rootfs", "true")
-	_, err = agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "c2", ExecId: "c2", OCI: spec2,
-		Storages: []*agentpb.Storage{pullStorage("c2", reg.Ref("apps/tampered:1"))}})
+	_, err := agent.CreateContainer(ctx, pullRequest("c2", reg.Ref("apps/tampered:1"), "true"))
 	if err == nil || !strings.Contains(err.Error(), "digest") {
 		t.Fatalf("tampered layer: %v, want a digest mismatch", err)
 	}
@@ -152,8 +87,7 @@ func TestGuestPullRealAgent(t *testing.T) {
 	// rootfs again works only if removal emptied it. The layers come from
 	// the cache this time.
 	gets := reg.BlobGets.Load()
-	if _, err := agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "c1", ExecId: "c1", OCI: spec,
-		Storages: []*agentpb.Storage{pullStorage("c1", reg.Ref("apps/check:1"))}}); err != nil {
+	if _, err := agent.CreateContainer(ctx, pullRequest("c1", reg.Ref("apps/check:1"), "sh", "-c", ":")); err != nil {
 		t.Fatalf("CreateContainer again after removal: %v", err)
 	}
 	if n := reg.BlobGets.Load() - gets; n > 1 {
@@ -162,30 +96,40 @@ func TestGuestPullRealAgent(t *testing.T) {
 	if _, err := agent.RemoveContainer(ctx, &agentpb.RemoveContainerRequest{ContainerId: "c1"}); err != nil {
 		t.Fatalf("RemoveContainer: %v", err)
 	}
-	client.Close()
-	if err := sb.Stop(context.Background()); err != nil {
+	p.client.Close()
+	if err := p.sb.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if e, err := sb.Wait(ctx); err != nil || e.Reason != "exited with code 0" {
-		t.Errorf("exit after stop: %v %v\n%s", e, err, agentLog())
+	if e, err := p.sb.Wait(ctx); err != nil || e.Reason != "exited with code 0" {
+		t.Errorf("exit after stop: %v %v\n%s", e, err, p.log())
 	}
 	for _, bad := range []string{"level=ERROR", "panic"} {
-		if strings.Contains(agentLog(), bad) {
-			t.Errorf("agent log shows %q:\n%s", bad, agentLog())
+		if strings.Contains(p.log(), bad) {
+			t.Errorf("agent log shows %q:\n%s", bad, p.log())
 		}
 	}
-	if err := sb.Cleanup(); err != nil {
+	if err := p.sb.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(p.state); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("state dir after cleanup: %v", err)
 	}
 }
 
-// pulledAgent starts the real agent under the process launcher with env
-// (and a test cgroup) and returns its API with a sandbox created, and its
-// log.
-func pulledAgent(t *testing.T, id string, env ...string) (agentpb.AgentServiceService, func() string) {
+// pullAgent is the real agent under the process launcher, with a sandbox
+// created.
+type pullAgent struct {
+	sb     hostvmm.Sandbox
+	client *ttrpc.Client
+	agent  agentpb.AgentServiceService
+	state  string
+}
+
+// log is the agent's log so far.
+func (p *pullAgent) log() string { b, _ := os.ReadFile(p.sb.ConsoleLog()); return string(b) }
+
+// startPullAgent starts the real agent with env (and a test cgroup).
+func startPullAgent(t *testing.T, id string, env ...string) *pullAgent {
 	t.Helper()
 	dir := t.TempDir()
 	cgroup := fmt.Sprintf("/cocoon-hostvmm-%s-%d", id, os.Getpid())
@@ -194,11 +138,13 @@ func pulledAgent(t *testing.T, id string, env ...string) (agentpb.AgentServiceSe
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf("cgroup_parent = %q\nlog_level = \"debug\"\n", cgroup)), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	p := &pullAgent{state: filepath.Join(shortTempDir(t), "state")}
 	l := &Launcher{StopTimeout: time.Minute, Env: append([]string{"COCOON_AGENT_CONFIG=" + conf}, env...)}
-	sb, err := l.Start(context.Background(), hostvmm.Config{ID: id, StateDir: filepath.Join(shortTempDir(t), "state"), AgentBinary: realAgent(t)})
+	sb, err := l.Start(context.Background(), hostvmm.Config{ID: id, StateDir: p.state, AgentBinary: realAgent(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.sb = sb
 	t.Cleanup(func() { sb.Cleanup() })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -206,13 +152,39 @@ func pulledAgent(t *testing.T, id string, env ...string) (agentpb.AgentServiceSe
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := ttrpc.NewClient(conn)
-	t.Cleanup(func() { client.Close() })
-	agent := agentpb.NewAgentServiceClient(client)
-	if _, err := agent.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{Hostname: "pod", SandboxId: id}); err != nil {
+	p.client = ttrpc.NewClient(conn)
+	t.Cleanup(func() { p.client.Close() })
+	p.agent = agentpb.NewAgentServiceClient(p.client)
+	if _, err := p.agent.CreateSandbox(ctx, &agentpb.CreateSandboxRequest{Hostname: "pod", SandboxId: id}); err != nil {
 		t.Fatalf("CreateSandbox: %v", err)
 	}
-	return agent, func() string { b, _ := os.ReadFile(sb.ConsoleLog()); return string(b) }
+	return p
+}
+
+// pullRequest creates container cid running args from image, which the
+// agent pulls (the storage as the Kata runtime shapes it).
+func pullRequest(cid, image string, args ...string) *agentpb.CreateContainerRequest {
+	root := "/run/kata-containers/" + cid + "/rootfs"
+	return &agentpb.CreateContainerRequest{ContainerId: cid, ExecId: cid, OCI: agenttest.Spec(root, args...),
+		Storages: []*agentpb.Storage{{Driver: "image_guest_pull", Source: image, Fstype: "overlay", MountPoint: root,
+			DriverOptions: []string{`image_guest_pull={"metadata":{"io.kubernetes.cri.image-name":"` + image + `"}}`}}}}
+}
+
+// run runs imagetest.AppScript in container cid pulled from image, waits
+// for a zero exit and returns its output.
+func (p *pullAgent) run(ctx context.Context, t *testing.T, cid, image string) string {
+	t.Helper()
+	if _, err := p.agent.CreateContainer(ctx, pullRequest(cid, image, "sh", "-c", imagetest.AppScript)); err != nil {
+		t.Fatalf("CreateContainer from %s: %v\nagent log:\n%s", image, err, p.log())
+	}
+	if _, err := p.agent.StartContainer(ctx, &agentpb.StartContainerRequest{ContainerId: cid}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	out := readStdout(ctx, t, p.agent, cid)
+	if w, err := p.agent.WaitProcess(ctx, &agentpb.WaitProcessRequest{ContainerId: cid, ExecId: cid}); err != nil || w.Status != 0 {
+		t.Fatalf("WaitProcess: %v %v", w, err)
+	}
+	return out
 }
 
 // TestEncryptedImageRealAgent: an image whose layers skopeo encrypted, the
@@ -259,34 +231,12 @@ func TestEncryptedImageRealAgent(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	pullReq := func(cid, image string, args ...string) *agentpb.CreateContainerRequest {
-		root := "/run/kata-containers/" + cid + "/rootfs"
-		return &agentpb.CreateContainerRequest{ContainerId: cid, ExecId: cid, OCI: agenttest.Spec(root, args...),
-			Storages: []*agentpb.Storage{{Driver: "image_guest_pull", Source: image, MountPoint: root}}}
+	p := startPullAgent(t, "enc-ok", attesting(h)...)
+	if out := p.run(ctx, t, "c1", reg.Ref("apps/check:enc")); out != imagetest.AppOutput {
+		t.Errorf("encrypted image's container printed %q, want %q", out, imagetest.AppOutput)
 	}
-
-	agent, agentLog := pulledAgent(t, "enc-ok", attesting(h)...)
-	if _, err := agent.CreateContainer(ctx, pullReq("c1", reg.Ref("apps/check:enc"), "sh", "-c", imagetest.AppScript)); err != nil {
-		t.Fatalf("CreateContainer from the encrypted image: %v\n%s", err, agentLog())
-	}
-	if _, err := agent.StartContainer(ctx, &agentpb.StartContainerRequest{ContainerId: "c1"}); err != nil {
-		t.Fatalf("StartContainer: %v", err)
-	}
-	var out strings.Builder
-	for {
-		r, err := agent.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: "c1", ExecId: "c1", Len: 64 << 10})
-		if err != nil {
-			t.Fatalf("ReadStdout: %v", err)
-		}
-		if len(r.Data) == 0 {
-			break
-		}
-		out.Write(r.Data)
-	}
-	if out.String() != imagetest.AppOutput {
-		t.Errorf("encrypted image's container printed %q, want %q", out.String(), imagetest.AppOutput)
-	}
-	_, err := agent.CreateContainer(ctx, pullReq("c2", reg.Ref("blocked/app:1"), "true"))
+	agent := p.agent
+	_, err := agent.CreateContainer(ctx, pullRequest("c2", reg.Ref("blocked/app:1"), "true"))
 	if err == nil || !strings.Contains(err.Error(), "denied by signature policy") {
 		t.Errorf("image the policy rejects: %v", err)
 	}
@@ -296,19 +246,19 @@ func TestEncryptedImageRealAgent(t *testing.T) {
 
 	var other [32]byte
 	other[0] = 0xff
-	denied, deniedLog := pulledAgent(t, "enc-denied", attesting(other)...)
-	_, err = denied.CreateContainer(ctx, pullReq("c3", reg.Ref("apps/check:enc"), "true"))
+	denied := startPullAgent(t, "enc-denied", attesting(other)...)
+	_, err = denied.agent.CreateContainer(ctx, pullRequest("c3", reg.Ref("apps/check:enc"), "true"))
 	if err == nil || !strings.Contains(err.Error(), "403") {
 		t.Errorf("guest the KBS does not accept: %v, want the KBS's refusal", err)
 	}
 
-	plain, _ := pulledAgent(t, "enc-none", "COCOON_ENDPOINT_ADDR=off")
-	_, err = plain.CreateContainer(ctx, pullReq("c4", reg.Ref("apps/check:enc"), "true"))
+	plain := startPullAgent(t, "enc-none", "COCOON_ENDPOINT_ADDR=off")
+	_, err = plain.agent.CreateContainer(ctx, pullRequest("c4", reg.Ref("apps/check:enc"), "true"))
 	if err == nil || !strings.Contains(err.Error(), "come from the KBS after attestation") {
 		t.Errorf("guest without attestation: %v", err)
 	}
 
-	for _, log := range []string{agentLog(), deniedLog()} {
+	for _, log := range []string{p.log(), denied.log()} {
 		for _, secret := range []string{hex.EncodeToString(key), base64.StdEncoding.EncodeToString(key), string(key)} {
 			if strings.Contains(log, secret) {
 				t.Fatalf("agent log holds the image key:\n%s", log)

@@ -372,22 +372,12 @@ func TestRealAgent(t *testing.T) {
 	if _, err := agent.StartContainer(ctx, &agentpb.StartContainerRequest{ContainerId: "c1"}); err != nil {
 		t.Fatalf("StartContainer: %v", err)
 	}
-	var out strings.Builder
-	for {
-		r, err := agent.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: "c1", ExecId: "c1", Len: 64 << 10})
-		if err != nil {
-			t.Fatalf("ReadStdout: %v", err)
-		}
-		if len(r.Data) == 0 {
-			break
-		}
-		out.Write(r.Data)
-	}
+	out := readStdout(ctx, t, agent, "c1")
 	w, err := agent.WaitProcess(ctx, &agentpb.WaitProcessRequest{ContainerId: "c1", ExecId: "c1"})
 	if err != nil {
 		t.Fatalf("WaitProcess: %v", err)
 	}
-	if got, want := out.String(), "hello from cocoon-test\n"; got != want {
+	if got, want := out, "hello from cocoon-test\n"; got != want {
 		t.Errorf("container output = %q, want %q", got, want)
 	}
 	if got, want := w.Status, int32(3); got != want {
@@ -414,6 +404,22 @@ func TestRealAgent(t *testing.T) {
 	}
 	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("state dir after cleanup: %v, want removed", err)
+	}
+}
+
+// readStdout reads container cid's stdout until EOF.
+func readStdout(ctx context.Context, t *testing.T, agent agentpb.AgentServiceService, cid string) string {
+	t.Helper()
+	var out strings.Builder
+	for {
+		r, err := agent.ReadStdout(ctx, &agentpb.ReadStreamRequest{ContainerId: cid, ExecId: cid, Len: 64 << 10})
+		if err != nil {
+			t.Fatalf("ReadStdout: %v", err)
+		}
+		if len(r.Data) == 0 {
+			return out.String()
+		}
+		out.Write(r.Data)
 	}
 }
 

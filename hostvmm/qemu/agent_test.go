@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,29 +23,9 @@ import (
 	"github.com/cocoon-containers/cocoon/rpc/agentpb"
 )
 
-var (
-	agentImageOnce sync.Once
-	agentImg       *vmtest.Image
-	agentImgErr    error
-	agentImgDir    string
-)
-
 // agentImage builds the real agent and the standard guest image once per
 // package run.
-func agentImage(t *testing.T) *vmtest.Image {
-	t.Helper()
-	agentImageOnce.Do(func() {
-		agentImgDir, agentImgErr = os.MkdirTemp("", "cocoon-qemu-agent-")
-		if agentImgErr != nil {
-			return
-		}
-		agentImg, agentImgErr = vmtest.AgentImage(context.Background(), agentImgDir)
-	})
-	if agentImgErr != nil {
-		t.Fatal(agentImgErr)
-	}
-	return agentImg
-}
+func agentImage(t *testing.T) *vmtest.Image { return vmtest.SharedAgentImage(t) }
 
 // startAgentVM boots cfg under TCG and connects to its agent. The console
 // is logged if the test fails; the VM and the connection go at cleanup.
@@ -205,7 +184,7 @@ func TestVerityRootfsInVM(t *testing.T) {
 	// the manifest's prediction is the launcher's measurement.
 	cmdline := "console=ttyS0 quiet panic=-1 agent.debug_console agent.server_addr=serial://agent.channel.0 tsc_early_khz=" + strconv.Itoa(TSCKHz())
 	m, err := rootfs.Build(context.Background(), &rootfs.Config{
-		Agent: filepath.Join(agentImgDir, "cocoon-agent"), Kernel: "linux-image-amd64", KernelCache: vmtest.KernelCache,
+		Agent: agentImage(t).Agent, Kernel: "linux-image-amd64", KernelCache: vmtest.KernelCache,
 		Verity: &rootfs.VerityConfig{Source: src}, Cmdline: cmdline,
 	}, out, nil)
 	if err != nil {

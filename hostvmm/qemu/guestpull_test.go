@@ -25,17 +25,7 @@ func TestGuestPullInVM(t *testing.T) {
 	img := agentImage(t)
 	reg := imagetest.NewRegistry(t)
 	imagetest.Push(t, reg.Ref("apps/check:1"), imagetest.AppImage(t))
-	bad := imagetest.Image(t, imagetest.BusyboxLayer(t), imagetest.Layer(t, imagetest.Entry{Name: "x", Body: "original"}))
-	imagetest.Push(t, reg.Ref("apps/tampered:1"), bad)
-	ls, err := bad.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := ls[1].Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg.Tamper(d.String(), []byte("not the layer the manifest names"))
+	imagetest.PushTampered(t, reg, reg.Ref("apps/tampered:1"))
 
 	const guestPort = 5000
 	guestRegistry := hostvmm.ServiceIP + ":5000"
@@ -85,7 +75,7 @@ func TestGuestPullInVM(t *testing.T) {
 	}
 
 	spec2 := agenttest.Spec("/run/kata-containers/c2/rootfs", "true")
-	_, err = agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "c2", ExecId: "c2", OCI: spec2,
+	_, err := agent.CreateContainer(ctx, &agentpb.CreateContainerRequest{ContainerId: "c2", ExecId: "c2", OCI: spec2,
 		Storages: []*agentpb.Storage{pull("c2", guestRegistry+"/apps/tampered:1")}})
 	if err == nil || !strings.Contains(err.Error(), "digest") {
 		t.Fatalf("tampered layer: %v, want a digest mismatch", err)

@@ -379,9 +379,7 @@ func TestMain(m *testing.M) {
 	if image != nil {
 		os.RemoveAll(filepath.Dir(image.Kernel))
 	}
-	if agentImgDir != "" {
-		os.RemoveAll(agentImgDir)
-	}
+	vmtest.RemoveShared()
 	os.Exit(code)
 }
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/cocoon-containers/cocoon/rootfs"
@@ -31,6 +32,8 @@ var Modules = []string{"virtio_mmio", "virtio_pci", "virtio_console", "9p", "9pn
 type Image struct {
 	Kernel, Initrd string
 	Manifest       *rootfs.Manifest
+	// Agent is the agent binary the initrd carries (AgentImage).
+	Agent string
 }
 
 // RequireRoot skips t when not running as root or under -short.
@@ -177,5 +180,36 @@ func AgentImage(ctx context.Context, dir string) (*Image, error) {
 		Kernel:   filepath.Join(dir, rootfs.KernelFile),
 		Initrd:   filepath.Join(dir, rootfs.InitrdFile),
 		Manifest: m,
+		Agent:    agent,
 	}, nil
+}
+
+var shared struct {
+	once sync.Once
+	dir  string
+	img  *Image
+	err  error
+}
+
+// SharedAgentImage is AgentImage built once per test binary, in a
+// temporary directory that RemoveShared (from TestMain) removes.
+func SharedAgentImage(tb testing.TB) *Image {
+	tb.Helper()
+	shared.once.Do(func() {
+		if shared.dir, shared.err = os.MkdirTemp("", "cocoon-agent-image-"); shared.err != nil {
+			return
+		}
+		shared.img, shared.err = AgentImage(context.Background(), shared.dir)
+	})
+	if shared.err != nil {
+		tb.Fatal(shared.err)
+	}
+	return shared.img
+}
+
+// RemoveShared removes what SharedAgentImage built.
+func RemoveShared() {
+	if shared.dir != "" {
+		os.RemoveAll(shared.dir)
+	}
 }

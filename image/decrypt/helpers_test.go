@@ -121,6 +121,12 @@ func (e *encrypted) blob(t *testing.T, d v1.Hash) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return compressed(t, l)
+}
+
+// compressed reads a layer's compressed bytes.
+func compressed(t *testing.T, l v1.Layer) []byte {
+	t.Helper()
 	rc, err := l.Compressed()
 	if err != nil {
 		t.Fatal(err)
@@ -140,16 +146,7 @@ func (e *encrypted) plainLayer(t *testing.T, i int) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, err := ls[i].Compressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return compressed(t, ls[i])
 }
 
 // packet is the decoded key provider annotation of a layer.

@@ -280,3 +280,20 @@ const AppScript = `cat /etc/app/keep; ` +
 
 // AppOutput is what AppScript prints.
 const AppOutput = "kept\nwhiteout-ok\nnew\nhardlink-ok\n"
+
+// PushTampered pushes busybox plus one small layer to ref on reg, then has
+// reg serve other bytes for that layer: a pull must refuse it by digest.
+func PushTampered(tb testing.TB, reg *Registry, ref string) {
+	tb.Helper()
+	img := Image(tb, BusyboxLayer(tb), Layer(tb, Entry{Name: "x", Body: "original"}))
+	Push(tb, ref, img)
+	ls, err := img.Layers()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	d, err := ls[1].Digest()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	reg.Tamper(d.String(), []byte("not the layer the manifest names"))
+}

@@ -170,48 +170,37 @@ func TestCRI(t *testing.T) {
 			"namespace_options": map[string]any{"network": 2},
 		}},
 	})
-	gets := reg.BlobGets.Load()
-	gpodID := run("runp", "--runtime", "cocoon-guest-pull", gpod)
-	defer func() {
-		exec.Command(crictl, "--runtime-endpoint", "unix://"+c.Address, "stopp", gpodID).Run()
-		exec.Command(crictl, "--runtime-endpoint", "unix://"+c.Address, "rmp", gpodID).Run()
-	}()
-	gctrID := run("create", gpodID, gctr, gpod)
-	run("start", gctrID)
-	for !strings.Contains(run("logs", gctrID), "hardlink-ok") {
-		time.Sleep(100 * time.Millisecond)
+	// pulledPod runs gctr in a pod of handler, checks its output and that
+	// the guest pulled the image, and removes the pod.
+	pulledPod := func(handler string) {
+		t.Helper()
+		gets := reg.BlobGets.Load()
+		podID := run("runp", "--runtime", handler, gpod)
+		defer func() {
+			exec.Command(crictl, "--runtime-endpoint", "unix://"+c.Address, "stopp", podID).Run()
+			exec.Command(crictl, "--runtime-endpoint", "unix://"+c.Address, "rmp", podID).Run()
+		}()
+		ctrID := run("create", podID, gctr, gpod)
+		run("start", ctrID)
+		for !strings.Contains(run("logs", ctrID), "hardlink-ok") {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if got := run("logs", ctrID); got+"\n" != imagetest.AppOutput {
+			t.Errorf("%s: guest-pulled container logs %q, want %q", handler, got, imagetest.AppOutput)
+		}
+		if n := reg.BlobGets.Load() - gets; n < 3 {
+			t.Errorf("%s: %d blobs fetched for the pod: the guest did not pull the image", handler, n)
+		}
+		run("stop", ctrID)
+		run("rm", ctrID)
+		run("stopp", podID)
+		run("rmp", podID)
 	}
-	if got := run("logs", gctrID); got+"\n" != imagetest.AppOutput {
-		t.Errorf("guest-pulled container logs %q, want %q", got, imagetest.AppOutput)
-	}
-	if n := reg.BlobGets.Load() - gets; n < 3 {
-		t.Errorf("%d blobs fetched for the pod: the guest did not pull the image", n)
-	}
-	run("stop", gctrID)
-	run("rm", gctrID)
-	run("stopp", gpodID)
-	run("rmp", gpodID)
-
+	pulledPod("cocoon-guest-pull")
 	// A confidential pod under QEMU (simulated SNP, nothing shared): the
 	// pause container arrives as verity layers, the app container, which
 	// the sandbox did not start with, is pulled by the guest.
-	cpodID := run("runp", "--runtime", "cocoon-confidential", gpod)
-	defer func() {
-		exec.Command(crictl, "--runtime-endpoint", "unix://"+c.Address, "stopp", cpodID).Run()
-		exec.Command(crictl, "--runtime-endpoint", "unix://"+c.Address, "rmp", cpodID).Run()
-	}()
-	cctrID := run("create", cpodID, gctr, gpod)
-	run("start", cctrID)
-	for !strings.Contains(run("logs", cctrID), "hardlink-ok") {
-		time.Sleep(200 * time.Millisecond)
-	}
-	if got := run("logs", cctrID); got+"\n" != imagetest.AppOutput {
-		t.Errorf("confidential pod's container logs %q, want %q", got, imagetest.AppOutput)
-	}
-	run("stop", cctrID)
-	run("rm", cctrID)
-	run("stopp", cpodID)
-	run("rmp", cpodID)
+	pulledPod("cocoon-confidential")
 	if out := run("pods", "-q"); out != "" {
 		t.Errorf("pods left: %q", out)
 	}

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -141,27 +140,8 @@ func TestContainerdRestart(t *testing.T) {
 	}
 }
 
-var (
-	qemuImageOnce sync.Once
-	qemuImg       *vmtest.Image
-	qemuImgErr    error
-	qemuImgDir    string
-)
-
 // qemuImage builds the standard guest image once per package run.
-func qemuImage(t *testing.T) *vmtest.Image {
-	t.Helper()
-	qemuImageOnce.Do(func() {
-		if qemuImgDir, qemuImgErr = os.MkdirTemp("", "cocoon-shim-guest-"); qemuImgErr != nil {
-			return
-		}
-		qemuImg, qemuImgErr = vmtest.AgentImage(context.Background(), qemuImgDir)
-	})
-	if qemuImgErr != nil {
-		t.Fatal(qemuImgErr)
-	}
-	return qemuImg
-}
+func qemuImage(t *testing.T) *vmtest.Image { return vmtest.SharedAgentImage(t) }
 
 // TestQEMU runs a container under QEMU TCG with the standard guest image:
 // the shim boots the VM, shares the rootfs over 9p and drives the agent.
@@ -201,21 +181,8 @@ func TestQEMU(t *testing.T) {
 func TestGuestPull(t *testing.T) {
 	c := requireContainerd(t)
 	ctx := context.Background()
-	reg := imagetest.NewRegistry(t)
-	ref := reg.Ref("apps/check:1")
-	imagetest.Push(t, ref, imagetest.AppImage(t))
-	if _, _, err := c.Ctr(ctx, "images", "pull", "--plain-http", ref); err != nil {
-		t.Fatalf("host pull: %v", err)
-	}
-	defer c.Ctr(ctx, "images", "rm", ref)
-	base, err := os.ReadFile(configPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := filepath.Join(t.TempDir(), "guest-pull.toml")
-	if err := os.WriteFile(cfg, append(base, []byte("image_pull = \"guest\"\n")...), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	reg, ref := appImageInContainerd(t, c)
+	cfg := guestPullConfig(t, t.TempDir())
 	run := func(id string, extra ...string) (string, error) {
 		args := append([]string{"run", "--rm", "--runtime", runtimeName, "--runtime-config-path", cfg,
 			"--annotation", "io.kubernetes.cri.image-name=" + ref}, extra...)
@@ -257,26 +224,13 @@ CreateContainerRequest {
 func TestQEMUGuestPull(t *testing.T) {
 	c := requireContainerd(t)
 	ctx := context.Background()
-	img := qemuImage(t)
-	reg := imagetest.NewRegistry(t)
-	ref := reg.Ref("apps/check:1")
-	imagetest.Push(t, ref, imagetest.AppImage(t))
-	if _, _, err := c.Ctr(ctx, "images", "pull", "--plain-http", ref); err != nil {
-		t.Fatalf("host pull: %v", err)
-	}
-	defer c.Ctr(ctx, "images", "rm", ref)
+	reg, ref := appImageInContainerd(t, c)
 	dir, err := os.MkdirTemp("", "cocoon-shim-qemu-pull-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	cfg := filepath.Join(dir, "qemu.toml")
-	body := fmt.Sprintf("[sandbox]\nlauncher = \"qemu\"\nkernel = %q\ninitrd = %q\nconfidential = \"simulated\"\nmemory_mib = 512\n"+
-		"kernel_params = \"console=ttyS0 quiet panic=-1\"\nstate_dir = %q\nimage_pull = \"guest\"\nimage_registries = [%q]\n",
-		img.Kernel, img.Initrd, filepath.Join(dir, "sandboxes"), reg.Host)
-	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg := confidentialConfig(t, dir, reg.Host)
 	gets := reg.BlobGets.Load()
 	out, _, err := c.Ctr(ctx, "run", "--runtime", runtimeName, "--runtime-config-path", cfg, "--rm",
 		"--annotation", "io.kubernetes.cri.image-name="+ref, ref, "qemu-pull", "sh", "-c", imagetest.AppScript)
@@ -289,7 +243,22 @@ func TestQEMUGuestPull(t *testing.T) {
 	if n := reg.BlobGets.Load() - gets; n < 3 {
 		t.Errorf("%d blobs fetched: the guest did not pull the image", n)
 	}
-	if left := processesUnder(filepath.Join(dir, "sandboxes")); len(left) != 0 {
+	if left := processesUnder(filepath.Join(dir, "qemu-sandboxes")); len(left) != 0 {
 		t.Errorf("processes left: %v", left)
 	}
+}
+
+// appImageInContainerd serves imagetest.AppImage from a loopback registry
+// and has containerd pull it too (it creates containers only from images
+// it has); it returns the registry and the image's name.
+func appImageInContainerd(t *testing.T, c *shimtest.Containerd) (*imagetest.Registry, string) {
+	t.Helper()
+	reg := imagetest.NewRegistry(t)
+	ref := reg.Ref("apps/check:1")
+	imagetest.Push(t, ref, imagetest.AppImage(t))
+	if _, _, err := c.Ctr(context.Background(), "images", "pull", "--plain-http", ref); err != nil {
+		t.Fatalf("host pull: %v", err)
+	}
+	t.Cleanup(func() { c.Ctr(context.Background(), "images", "rm", ref) })
+	return reg, ref
 }

@@ -46,11 +46,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	defer func() {
-		if qemuImgDir != "" {
-			os.RemoveAll(qemuImgDir)
-		}
-	}()
+	defer vmtest.RemoveShared()
 	// No deadline of its own: go test -timeout bounds the whole run.
 	ctx := context.Background()
 	c := &shimtest.Containerd{Dir: filepath.Join(dir, "containerd"), BinDir: filepath.Join(dir, "bin")}
